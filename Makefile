@@ -1,0 +1,27 @@
+# Two entry points, both self-contained on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Set DATA_ROOT to an imagefolder copy (train/<class>, test/<class>) to run the demo offline,
+# e.g. make demo DATA_ROOT=../shared/data/cifar10-jpeg
+DATA_ROOT ?=
+DEMO_SET := $(if $(DATA_ROOT),--set data.name=imagefolder --set data.root=$(DATA_ROOT),)
+
+.PHONY: demo test bench clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/vislab train quick $(DEMO_SET) $(ARGS)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q $(ARGS)
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_augment.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

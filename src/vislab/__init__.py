@@ -1,0 +1,30 @@
+"""vislab: fast, tested image-classification experiments on CIFAR-10-class data."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+# Public names, imported on first use so that `import vislab` (and `vislab --version`) stays light.
+_LAZY = {
+    "train": ("vislab.run", "train"),
+    "Run": ("vislab.run", "Run"),
+    "load_config": ("vislab.config", "load_config"),
+    "list_recipes": ("vislab.config", "list_recipes"),
+    "create_model": ("vislab.models", "create_model"),
+    "list_models": ("vislab.models", "list_models"),
+    "load_dataset": ("vislab.data", "load_dataset"),
+    "VislabError": ("vislab.errors", "VislabError"),
+    "ConfigError": ("vislab.errors", "ConfigError"),
+    "DataError": ("vislab.errors", "DataError"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'vislab' has no attribute {name!r}")

@@ -1,0 +1,94 @@
+"""The `vislab` command line: train, recipes, summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from typing import Sequence
+
+from . import __version__
+from .errors import VislabError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .run import train
+
+    if args.resume and args.recipe:
+        raise VislabError("Give either a recipe to start a new run or --resume RUN_DIR to continue one, not both.")
+    run = train(args.recipe, args.set, out=args.out, resume=args.resume, overwrite=args.overwrite)
+    best, final = run.summary.get("best") or {}, run.summary.get("final") or {}
+    print(
+        f"best test accuracy {best.get('test_acc', float('nan')):.2f}% (epoch {best.get('epoch')}), "
+        f"final {final.get('test_acc', float('nan')):.2f}%, {run.summary['wall_seconds']:.0f} s on {run.summary['device_name']}"
+    )
+    print(run.run_dir)
+    return 0
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from .config import DEFAULT_RECIPE, list_recipes, recipe_info
+
+    for name in list_recipes():
+        info = recipe_info(name)
+        mark = " (default)" if name == DEFAULT_RECIPE else ""
+        print(f"{name}{mark}\n  {info['title']}")
+        if args.verbose and info["description"]:
+            print(textwrap.indent(textwrap.fill(info["description"], 88), "  "))
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .models import create_model, model_summary
+
+    model = create_model(args.model, num_classes=args.num_classes, **({"norm": args.norm} if args.norm else {}), **({"width": args.width} if args.width else {}))
+    print(model_summary(model, (1, 3, args.image_size, args.image_size), depth=args.depth))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vislab", description="Fast, tested image-classification experiments on CIFAR-10-class data.")
+    p.add_argument("--version", action="version", version=f"vislab {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a recipe (default: quick)", description="Train a recipe or YAML config; prints the run folder at the end.")
+    t.add_argument("recipe", nargs="?", help="recipe name (see `vislab recipes`) or path of a YAML config; default: quick")
+    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value, e.g. --set optim.lr=0.1 (repeatable)")
+    t.add_argument("--out", help="run folder (default: runs/<recipe>-<YYYYmmdd-HHMMSS>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an earlier run from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing --out folder instead of writing beside it")
+    t.set_defaults(func=_cmd_train)
+
+    r = sub.add_parser("recipes", help="list the shipped recipes", description="List the recipes shipped with vislab.")
+    r.add_argument("-v", "--verbose", action="store_true", help="also print what each recipe reproduces")
+    r.set_defaults(func=_cmd_recipes)
+
+    s = sub.add_parser("summary", help="print a model's layer table", description="Layer table, output shapes and parameter counts (torchinfo).")
+    s.add_argument("model", help="model name, e.g. resnet18")
+    s.add_argument("--num-classes", type=int, default=10)
+    s.add_argument("--norm", choices=["batch", "group", "layer"])
+    s.add_argument("--width", type=float)
+    s.add_argument("--image-size", type=int, default=32)
+    s.add_argument("--depth", type=int, default=3)
+    s.set_defaults(func=_cmd_summary)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except VislabError as e:
+        print(f"vislab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vislab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

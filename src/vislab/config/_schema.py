@@ -1,0 +1,125 @@
+"""The typed experiment config: sections data / augment / model / optim / sched / trainer."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos more often than not: reject them instead of ignoring them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    name: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"  # data set family
+    root: Optional[str] = None  # folder holding the data (None: the cache folder for cifar*)
+    download: bool = True  # fetch the official archive when cifar* is missing
+    cache_dir: Optional[str] = None  # where downloads and decoded caches live (None: user cache dir)
+    train_size: Optional[int] = Field(None, gt=0)  # class-balanced number of training images (None: all)
+    test_size: Optional[int] = Field(None, gt=0)  # class-balanced number of test images (None: all)
+    image_size: Optional[int] = Field(None, gt=0)  # resize imagefolder images to this square size
+
+
+class AugmentConfig(_Section):
+    backend: Literal["tensor", "albumentations"] = "tensor"  # batched on-device, or per-sample DataLoader
+    crop_pad: int = Field(4, ge=0, le=64)  # pad by this many pixels then random-crop back; 0 disables
+    pad_mode: Literal["reflect", "constant"] = "reflect"  # border filling of the pad
+    flip_p: float = Field(0.5, ge=0.0, le=1.0)  # probability of a horizontal flip
+    rotate_deg: float = Field(0.0, ge=0.0, le=180.0)  # rotate by an angle drawn in [-deg, +deg]
+    cutout_size: int = Field(0, ge=0)  # side of the square cutout hole in pixels; 0 disables
+    cutout_p: float = Field(1.0, ge=0.0, le=1.0)  # probability an image gets a hole
+    cutout_fill: Union[Literal["mean"], float] = "mean"  # hole value in pixel units, or the data mean
+    workers: Optional[int] = Field(None, ge=0)  # DataLoader workers (albumentations backend; None: cores)
+
+
+class ModelConfig(_Section):
+    name: str = "resnet9"  # a name from `vislab.models.list_models()`
+    norm: Literal["batch", "group", "layer"] = "batch"  # layer = GroupNorm with one group
+    groups: int = Field(32, gt=0)  # groups of GroupNorm when norm == "group"
+    width: float = Field(1.0, gt=0.0, le=8.0)  # channel multiplier (1.0 = the reference widths)
+    last_stride: Optional[int] = Field(None, ge=1, le=2)  # resnet18/34: 1 keeps an 8x8 final map
+    logit_scale: Optional[float] = Field(None, gt=0.0)  # resnet9: multiply logits (Page used 0.125)
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0.0)  # base learning rate (OneCycle: see sched.max_lr)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD momentum
+    nesterov: bool = False  # SGD Nesterov momentum
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW betas
+    weight_decay: float = Field(5e-4, ge=0.0)
+    l1: float = Field(0.0, ge=0.0)  # L1 penalty on the weights, added to the loss
+    grad_clip: Optional[float] = Field(None, gt=0.0)  # clip the gradient norm to this value
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "OptimConfig":
+        # momentum and nesterov are SGD settings (Adam has betas); like timm, other optimizers ignore them.
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("optim.nesterov=true needs optim.momentum > 0")
+        return self
+
+
+class SchedConfig(_Section):
+    name: Literal["onecycle", "plateau", "step", "cosine", "none"] = "onecycle"
+    # OneCycle, stated in epochs and stepped per batch
+    max_lr: Optional[float] = Field(None, gt=0.0)  # peak LR (None: optim.lr)
+    peak_epoch: float = Field(5.0, ge=0.0)  # epoch at which the LR peaks (5 of 24 in the course)
+    div_factor: float = Field(10.0, gt=0.0)  # start LR = max_lr / div_factor
+    final_div_factor: float = Field(100.0, gt=0.0)  # final LR = start LR / final_div_factor
+    anneal: Literal["linear", "cos"] = "linear"  # shape of both OneCycle phases
+    # ReduceLROnPlateau, stepped per epoch on a test metric
+    monitor: Literal["test_loss", "test_acc"] = "test_loss"
+    mode: Literal["min", "max"] = "min"
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(2, ge=0)
+    threshold: float = Field(1e-4, ge=0.0)
+    threshold_mode: Literal["rel", "abs"] = "abs"
+    min_lr: float = Field(0.0, ge=0.0)  # plateau floor; cosine end value
+    # StepLR
+    step_size: int = Field(10, gt=0)  # epochs between decays
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SchedConfig":
+        if self.name == "plateau":
+            wanted = "max" if self.monitor == "test_acc" else "min"
+            if self.mode != wanted:
+                raise ValueError(f"sched.monitor={self.monitor} needs sched.mode={wanted}, got {self.mode}")
+        return self
+
+
+class TrainerConfig(_Section):
+    epochs: int = Field(5, gt=0, le=10_000)
+    batch_size: int = Field(512, gt=0, le=65_536)
+    eval_batch_size: Optional[int] = Field(None, gt=0)  # None: 2 x batch_size
+    device: str = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where fast, fp16 on old GPUs
+    channels_last: Literal["auto", True, False] = "auto"
+    compile: bool = False  # torch.compile the model (slow start; pays off on long GPU runs)
+    seed: int = Field(0, ge=0)
+    deterministic: bool = False  # deterministic algorithms (exact resume; slower on GPU)
+    checkpoint_metric: Literal["test_acc", "test_loss"] = "test_acc"  # what picks the `best` checkpoint
+    progress: bool = True  # per-step progress bar
+    drop_last: bool = True  # drop the last incomplete training batch
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainerConfig":
+        dev = self.device
+        ok = dev in ("auto", "cpu", "cuda", "mps") or (
+            dev.startswith("cuda:") and dev[5:].isdigit()
+        )
+        if not ok:
+            raise ValueError(f"trainer.device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+        return self
+
+
+class Config(_Section):
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    sched: SchedConfig = SchedConfig()
+    trainer: TrainerConfig = TrainerConfig()

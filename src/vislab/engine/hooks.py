@@ -1,0 +1,81 @@
+"""A small set of training hooks (Lightning style) and the ones vislab itself plugs in."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from .checkpoint import atomic_write_text, save_checkpoint, write_jsonl
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+class Callback:
+    """No-op hooks; subclass and override the ones you need."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+
+    def on_batch_end(self, trainer: "Trainer", batch_idx: int, loss: torch.Tensor) -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", row: dict[str, Any]) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+
+class MetricsLogger(Callback):
+    """Keeps `metrics.jsonl` equal to the history: one JSON row per finished epoch."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer: "Trainer", row: dict[str, Any]) -> None:
+        # Rewritten whole and atomically (a few KB): a kill mid-write never leaves a torn row.
+        write_jsonl(self.path, trainer.history)
+
+
+class LRMonitor(Callback):
+    """Records the learning rate of every optimizer step (for the LR plot), saved per epoch."""
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else None
+
+    def on_batch_end(self, trainer: "Trainer", batch_idx: int, loss: torch.Tensor) -> None:
+        # The LR that was used by the step that just ran was recorded before the scheduler stepped.
+        trainer.lr_steps.append(trainer.step_lr)
+
+    def on_epoch_end(self, trainer: "Trainer", row: dict[str, Any]) -> None:
+        if self.path is not None:
+            atomic_write_text(self.path, json.dumps(trainer.lr_steps))
+
+
+class Checkpointer(Callback):
+    """Saves `last.pt` after every epoch and `best.pt` whenever the chosen metric improves."""
+
+    def __init__(self, folder: str | Path, metric: str = "test_acc"):
+        self.folder = Path(folder)
+        self.metric = metric
+        self.mode = "min" if metric.endswith("loss") else "max"
+
+    def _better(self, value: float, best: float | None) -> bool:
+        if not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value < best if self.mode == "min" else value > best
+
+    def on_epoch_end(self, trainer: "Trainer", row: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        value = row[self.metric]
+        improved = self._better(value, trainer.best_metric)
+        if improved:
+            trainer.best_metric = value
+            trainer.best_epoch = row["epoch"]
+        state = trainer.state_dict()
+        save_checkpoint(self.folder / "last.pt", state)
+        if improved:
+            save_checkpoint(self.folder / "best.pt", state)

@@ -1,0 +1,62 @@
+"""Batches from a device-resident uint8 data set: one permutation per epoch, augmentation per batch."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+
+# (x_uint8 (B, 3, H, W), generator) -> normalized float (B, 3, H, W)
+Transform = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+
+
+class DeviceLoader:
+    """Iterates (images, labels) batches over tensors that already live on the training device.
+
+    This is the fast path (airbench style): no worker processes, no per-sample Python, no
+    host-to-device copies per step. All randomness (order and augmentation) comes from
+    `generator`, whose state the checkpoints save, so a resumed run draws the same batches.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,  # (N, 3, H, W) uint8
+        y: torch.Tensor,  # (N,) int64
+        batch_size: int,
+        transform: Transform,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels")
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.transform = transform
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.generator = generator
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        n = self.x.shape[0]
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.x.shape[0]
+        if self.shuffle:
+            gen_device = self.generator.device if self.generator is not None else torch.device("cpu")
+            order = torch.randperm(n, generator=self.generator, device=gen_device).to(self.x.device)
+        else:
+            order = torch.arange(n, device=self.x.device)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            if self.world_size > 1:
+                # Each rank takes an interleaved shard of the global batch; the global batch
+                # size stays what the config says.
+                idx = idx[self.rank :: self.world_size]
+            yield self.transform(self.x[idx], self.generator), self.y[idx]

@@ -1,0 +1,118 @@
+"""Optimizer and LR-scheduler factories taking plain keywords (timm style)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("onecycle", "plateau", "step", "cosine", "none")
+
+
+def create_optimizer(
+    model: nn.Module,
+    name: str = "sgd",
+    lr: float = 0.05,
+    *,
+    weight_decay: float = 0.0,
+    momentum: float = 0.9,
+    nesterov: bool = False,
+    betas: Iterable[float] = (0.9, 0.999),
+) -> torch.optim.Optimizer:
+    # Every parameter is decayed, as in the course recipes this reproduces.
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    if name == "adam":
+        # torch's Adam adds weight decay to the gradient (L2), as the course recipes do.
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    raise ConfigError(f"optim.name = {name!r} is not a known optimizer; choose one of {', '.join(OPTIMIZERS)}.")
+
+
+class Scheduler:
+    """A torch LR scheduler plus when it steps: per batch ("batch") or per epoch ("epoch").
+
+    ReduceLROnPlateau also needs the monitored metric at each epoch end.
+    """
+
+    def __init__(self, inner: Any | None, interval: str, monitor: str | None = None):
+        self.inner = inner
+        self.interval = interval
+        self.monitor = monitor
+
+    def step_batch(self) -> None:
+        if self.inner is not None and self.interval == "batch":
+            self.inner.step()
+
+    def step_epoch(self, metrics: dict[str, float]) -> None:
+        if self.inner is None or self.interval != "epoch":
+            return
+        if self.monitor is not None:
+            self.inner.step(metrics[self.monitor])
+        else:
+            self.inner.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.inner is None else self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.inner is not None and state:
+            self.inner.load_state_dict(state)
+
+
+def create_scheduler(
+    optimizer: torch.optim.Optimizer,
+    name: str = "none",
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    max_lr: float | None = None,
+    peak_epoch: float = 5.0,
+    div_factor: float = 10.0,
+    final_div_factor: float = 100.0,
+    anneal: str = "linear",
+    monitor: str = "test_loss",
+    mode: str = "min",
+    factor: float = 0.1,
+    patience: int = 2,
+    threshold: float = 1e-4,
+    threshold_mode: str = "abs",
+    min_lr: float = 0.0,
+    step_size: int = 10,
+    gamma: float = 0.1,
+) -> Scheduler:
+    sched = torch.optim.lr_scheduler
+    if name == "none":
+        return Scheduler(None, "epoch")
+    if name == "onecycle":
+        if not 0 < peak_epoch < epochs:
+            raise ConfigError(f"sched.peak_epoch = {peak_epoch} must lie strictly between 0 and trainer.epochs = {epochs}.")
+        peak = max_lr if max_lr is not None else optimizer.param_groups[0]["lr"]
+        inner = sched.OneCycleLR(
+            optimizer,
+            max_lr=peak,
+            total_steps=epochs * steps_per_epoch,
+            pct_start=peak_epoch / epochs,
+            anneal_strategy=anneal,
+            div_factor=div_factor,
+            final_div_factor=final_div_factor,
+            three_phase=False,
+        )
+        return Scheduler(inner, "batch")
+    if name == "plateau":
+        inner = sched.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=factor, patience=patience,
+            threshold=threshold, threshold_mode=threshold_mode, min_lr=min_lr,
+        )
+        return Scheduler(inner, "epoch", monitor=monitor)
+    if name == "step":
+        return Scheduler(sched.StepLR(optimizer, step_size=step_size, gamma=gamma), "epoch")
+    if name == "cosine":
+        return Scheduler(sched.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch, eta_min=min_lr), "batch")
+    raise ConfigError(f"sched.name = {name!r} is not a known scheduler; choose one of {', '.join(SCHEDULERS)}.")

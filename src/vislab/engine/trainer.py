@@ -1,0 +1,269 @@
+"""The training engine: `train_one_epoch`, `evaluate` and a `Trainer` that runs epochs with hooks."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import VislabError
+from ._device import Precision
+from .checkpoint import rng_state, set_rng_state
+from .hooks import Callback
+from .optim import Scheduler
+
+log = logging.getLogger(__name__)
+
+# Seconds between progress-bar refreshes: each refresh reads the loss back from the device
+# (a host sync), so it is throttled instead of done every step.
+PROGRESS_INTERVAL = 0.5
+
+
+class TrainingDiverged(VislabError):
+    """The loss became NaN or infinite."""
+
+
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm  # notebook-aware bar
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def _l1_penalty(model: nn.Module) -> torch.Tensor:
+    return sum(p.abs().sum() for p in model.parameters() if p.ndim > 1)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    precision: Precision,
+    scheduler: Scheduler | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    label_smoothing: float = 0.0,
+    l1: float = 0.0,
+    grad_clip: float | None = None,
+    channels_last: bool = False,
+    trainer: "Trainer | None" = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = False,
+    desc: str = "train",
+) -> dict[str, float]:
+    """One pass over `loader`; returns mean per-sample train loss, accuracy (%) and the last LR."""
+    model.train()
+    # Sums stay on the device (no host sync per step) and become Python floats once per epoch;
+    # they are detached, so no autograd graph is kept alive.
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    last_refresh = time.monotonic()
+    total = len(loader) if hasattr(loader, "__len__") else None
+    bar = _progress(loader, total, desc, progress)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    for batch_idx, (x, y) in enumerate(bar):
+        x = x.to(device, non_blocking=True, memory_format=memory_format)  # (B, 3, H, W)
+        y = y.to(device, non_blocking=True)
+        lr = optimizer.param_groups[0]["lr"]
+        with precision.autocast(device):
+            logits = model(x)  # (B, num_classes)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        if l1:
+            loss = loss + l1 * _l1_penalty(model)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step_batch()
+        n = y.shape[0]
+        loss_sum += loss.detach().double() * n
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += n
+        if trainer is not None:
+            trainer.global_step += 1
+            trainer.step_lr = lr
+        for cb in callbacks:
+            cb.on_batch_end(trainer, batch_idx, loss.detach())
+        if progress and time.monotonic() - last_refresh > PROGRESS_INTERVAL:
+            last_refresh = time.monotonic()
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}", lr=f"{lr:.2e}")
+    bar.close()
+    if seen == 0:
+        raise VislabError("The training loader produced no batch: the training set is smaller than trainer.batch_size with trainer.drop_last=true.")
+    train_loss = loss_sum.item() / seen
+    return {"train_loss": train_loss, "train_acc": 100.0 * correct.item() / seen, "lr": optimizer.param_groups[0]["lr"]}
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    precision: Precision,
+    channels_last: bool = False,
+) -> dict[str, float]:
+    """Mean per-sample cross-entropy over the whole set and accuracy (%) over all samples."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    seen = 0
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    for x, y in loader:
+        x = x.to(device, non_blocking=True, memory_format=memory_format)
+        y = y.to(device, non_blocking=True)
+        with precision.autocast(device):
+            logits = model(x)
+        # Summed in fp32 per sample: the mean of batch means would weight a short last batch wrongly.
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+        seen += y.shape[0]
+    model.train(was_training)
+    if seen == 0:
+        raise VislabError("The test loader produced no batch: the test set is empty.")
+    return {"test_loss": loss_sum.item() / seen, "test_acc": 100.0 * correct.item() / seen}
+
+
+class Trainer:
+    """Runs epochs of `train_one_epoch` + `evaluate`, keeps the history, calls the hooks.
+
+    Holds everything a checkpoint needs (model, optimizer, scheduler, scaler, RNG states, epoch,
+    history), so `state_dict()` / `load_state_dict()` resume a run exactly.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Scheduler,
+        *,
+        train_loader: Iterable,
+        test_loader: Iterable,
+        epochs: int,
+        device: torch.device,
+        precision: Precision,
+        channels_last: bool = False,
+        label_smoothing: float = 0.0,
+        l1: float = 0.0,
+        grad_clip: float | None = None,
+        callbacks: Sequence[Callback] = (),
+        progress: bool = True,
+        generator: torch.Generator | None = None,
+        compiled_model: nn.Module | None = None,
+    ):
+        self.model = model  # the module whose state is saved (never the compiled wrapper)
+        self.forward_model = compiled_model if compiled_model is not None else model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.epochs = epochs
+        self.device = device
+        self.precision = precision
+        self.channels_last = channels_last
+        self.label_smoothing = label_smoothing
+        self.l1 = l1
+        self.grad_clip = grad_clip
+        self.callbacks = list(callbacks)
+        self.progress = progress
+        self.generator = generator
+        self.epoch = 0  # epochs completed
+        self.global_step = 0
+        self.step_lr = optimizer.param_groups[0]["lr"]
+        self.lr_steps: list[float] = []
+        self.history: list[dict[str, Any]] = []
+        self.best_metric: float | None = None
+        self.best_epoch: int | None = None
+        self.should_stop = False  # a hook may set this to end training after the current epoch
+
+    def fit(self) -> list[dict[str, Any]]:
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        while self.epoch < self.epochs and not self.should_stop:
+            self._run_epoch()
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    def _run_epoch(self) -> None:
+        epoch = self.epoch + 1
+        start = time.perf_counter()
+        train = train_one_epoch(
+            self.forward_model, self.train_loader, self.optimizer,
+            device=self.device, precision=self.precision, scheduler=self.scheduler, scaler=self.scaler,
+            label_smoothing=self.label_smoothing, l1=self.l1, grad_clip=self.grad_clip,
+            channels_last=self.channels_last, trainer=self, callbacks=self.callbacks,
+            progress=self.progress, desc=f"epoch {epoch}/{self.epochs}",
+        )
+        if not math.isfinite(train["train_loss"]):
+            raise TrainingDiverged(
+                f"Training diverged in epoch {epoch} (step {self.global_step}): the loss became "
+                f"{train['train_loss']} at learning rate {self.step_lr:.3g}. Lower optim.lr (or sched.max_lr), "
+                f"or set optim.grad_clip (e.g. 1.0); the last good checkpoint is kept."
+            )
+        test = evaluate(self.forward_model, self.test_loader, device=self.device, precision=self.precision, channels_last=self.channels_last)
+        self.scheduler.step_epoch({**train, **test})
+        self.epoch = epoch
+        row = {
+            "epoch": epoch,
+            "lr": train["lr"],
+            "train_loss": train["train_loss"],
+            "train_acc": train["train_acc"],
+            "test_loss": test["test_loss"],
+            "test_acc": test["test_acc"],
+            "seconds": time.perf_counter() - start,
+        }
+        self.history.append(row)
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.3g  %.1fs",
+            epoch, self.epochs, row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"], train["lr"], row["seconds"],
+        )
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, row)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+            "lr_steps": self.lr_steps,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "rng": rng_state(self.generator),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.history = list(state["history"])
+        self.lr_steps = list(state.get("lr_steps", []))
+        self.best_metric = state.get("best_metric")
+        self.best_epoch = state.get("best_epoch")
+        set_rng_state(state["rng"], self.generator)

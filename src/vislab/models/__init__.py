@@ -1,0 +1,14 @@
+"""Model registry: `create_model(name, num_classes, **options)` builds ResNet-9/18/34 that return logits."""
+
+from vislab.models import resnet, resnet9  # noqa: F401  (importing registers the entry points)
+from vislab.models._registry import create_model, list_models, register_model
+from vislab.models._summary import count_parameters, get_target_layer, model_summary
+
+__all__ = [
+    "count_parameters",
+    "create_model",
+    "get_target_layer",
+    "list_models",
+    "model_summary",
+    "register_model",
+]

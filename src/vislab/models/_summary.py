@@ -1,0 +1,68 @@
+"""Model introspection: parameter counts, a torchinfo table and the default Grad-CAM layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torchinfo import summary
+
+from vislab.errors import ConfigError
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # torch.compile wraps the model; its submodules live under `_orig_mod`.
+    return getattr(model, "_orig_mod", model)
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameter elements (shared parameters counted once)."""
+    return sum(p.numel() for p in _unwrap(model).parameters() if p.requires_grad or not trainable_only)
+
+
+def get_target_layer(model: nn.Module) -> nn.Module:
+    """The module named by `model.gradcam_layer`: the last conv stage, whose output Grad-CAM explains."""
+    model = _unwrap(model)
+    name = getattr(model, "gradcam_layer", None)
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"model.gradcam_layer: {type(model).__name__} has no `gradcam_layer` attribute naming its last "
+            "conv stage; set it to a dotted module name (e.g. 'layer4') or pass the target layer explicitly."
+        )
+    try:
+        return model.get_submodule(name)
+    except AttributeError as err:
+        raise ConfigError(
+            f"model.gradcam_layer: {type(model).__name__}.gradcam_layer is {name!r}, which is not a "
+            f"submodule of the model ({err})."
+        ) from err
+
+
+def model_summary(
+    model: nn.Module,
+    input_size: Sequence[int] = (1, 3, 32, 32),
+    *,
+    depth: int = 3,
+    device: str | torch.device | None = None,
+) -> str:
+    """A torchinfo table (layer, output shape, parameters) from one forward pass at `input_size`.
+
+    `device=None` runs on the device the model already lives on; torchinfo moves the model
+    to any other device given, so passing "cpu" for a CUDA model leaves it on the CPU.
+    The model runs in eval mode (restored afterwards), so BatchNorm statistics are untouched.
+    """
+    if device is None:
+        param = next(_unwrap(model).parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    stats = summary(
+        _unwrap(model),
+        input_size=tuple(input_size),
+        depth=depth,
+        device=device,
+        col_names=("output_size", "num_params"),
+        mode="eval",
+        row_settings=("var_names",),
+        verbose=0,
+    )
+    return str(stats)

@@ -1,0 +1,317 @@
+"""`vislab.train`: wire config -> data -> augmentation -> model -> engine -> run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from . import __version__
+from .config import Config, apply_overrides, config_to_yaml, load_config, validate_config
+from .engine import (
+    Callback,
+    Checkpointer,
+    DeviceLoader,
+    LRMonitor,
+    MetricsLogger,
+    Trainer,
+    create_optimizer,
+    create_scheduler,
+    load_checkpoint,
+    resolve_channels_last,
+    resolve_device,
+    resolve_precision,
+)
+from .engine.checkpoint import atomic_write_text, write_jsonl
+from .errors import ConfigError, VislabError
+
+log = logging.getLogger(__name__)
+
+RUNS_ROOT = "runs"
+
+
+@dataclass
+class Run:
+    """What a training run leaves behind, for notebooks: history, model and the run folder."""
+
+    run_dir: Path
+    config: Config
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.summary.get("best")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Send vislab's log lines to stderr through tqdm, so that they do not break progress bars."""
+    logger = logging.getLogger("vislab")
+    if logger.handlers:
+        return
+    from tqdm.auto import tqdm
+
+    class _TqdmHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            tqdm.write(self.format(record))
+
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+@contextmanager
+def _determinism(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms for the duration of a run, restored afterwards (no global leaks)."""
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    prev_bench = torch.backends.cudnn.benchmark
+    try:
+        if enabled:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            # Some CUDA kernels (e.g. adaptive max-pool backward) have no deterministic version:
+            # warn there instead of failing, CPU kernels are all covered.
+            torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+            torch.backends.cudnn.benchmark = False
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
+        torch.backends.cudnn.benchmark = prev_bench
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _model_kwargs(cfg: Config) -> dict[str, Any]:
+    m = cfg.model
+    kwargs: dict[str, Any] = {"norm": m.norm, "width": m.width}
+    if m.norm == "group":
+        kwargs["groups"] = m.groups
+    if m.last_stride is not None:
+        kwargs["last_stride"] = m.last_stride
+    if m.logit_scale is not None:
+        kwargs["logit_scale"] = m.logit_scale
+    return kwargs
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    from .models import create_model
+
+    return create_model(cfg.model.name, num_classes=num_classes, **_model_kwargs(cfg))
+
+
+def augment_spec(cfg: Config):
+    from .augment import AugmentSpec
+
+    a = cfg.augment
+    return AugmentSpec(
+        crop_pad=a.crop_pad, pad_mode=a.pad_mode, flip_p=a.flip_p, rotate_deg=a.rotate_deg,
+        cutout_size=(a.cutout_size, a.cutout_size), cutout_p=a.cutout_p, cutout_fill=a.cutout_fill,
+    )
+
+
+def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, seed: int):
+    """(train_loader, test_loader, generator whose state drives all data randomness)."""
+    t = cfg.trainer
+    eval_bs = t.eval_batch_size or 2 * t.batch_size
+    spec = augment_spec(cfg)
+    if cfg.augment.backend == "tensor":
+        from .augment import TensorAugment
+
+        # The CPU generator is used on CPU; on CUDA, drawing on the device avoids a copy per batch.
+        gen = torch.Generator(device=device if device.type == "cuda" else "cpu")
+        gen.manual_seed(seed)
+        aug = TensorAugment(spec, ds.mean, ds.std, channels_last=channels_last)
+        train_x, train_y = ds.train_x.to(device), ds.train_y.to(device)
+        test_x, test_y = ds.test_x.to(device), ds.test_y.to(device)
+        train = DeviceLoader(train_x, train_y, t.batch_size, aug, shuffle=True, drop_last=t.drop_last, generator=gen)
+        test = DeviceLoader(test_x, test_y, eval_bs, lambda x, g: aug.normalize_only(x))
+        return train, test, gen
+    from .augment import albumentations_loader
+
+    pin = device.type == "cuda"
+    common = dict(num_workers=cfg.augment.workers, seed=seed, pin_memory=pin)
+    train = albumentations_loader(ds.train_x, ds.train_y, spec, ds.mean, ds.std, batch_size=t.batch_size, shuffle=True, train=True, drop_last=t.drop_last, **common)
+    test = albumentations_loader(ds.test_x, ds.test_y, spec, ds.mean, ds.std, batch_size=eval_bs, shuffle=False, train=False, **common)
+    return train, test, getattr(train, "generator", None)
+
+
+def _new_run_dir(out: str | Path | None, name: str, overwrite: bool) -> Path:
+    if out is None:
+        out = Path(RUNS_ROOT) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a folder; choose another run folder.")
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        else:
+            # Never overwrite an earlier run: take the first free suffixed name instead.
+            i = 1
+            while Path(f"{out}-{i}").exists():
+                i += 1
+            log.warning("run folder %s exists; writing to %s-%d instead (use --overwrite to replace it)", out, out, i)
+            out = Path(f"{out}-{i}")
+    return out
+
+
+def _check_writable(path: Path) -> None:
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"Output folder {str(path)!r} cannot be created: {str(parent)!r} is not writable. Choose another --out.")
+
+
+def _versions() -> dict[str, str]:
+    import albumentations
+
+    return {
+        "vislab": __version__, "torch": torch.__version__, "numpy": np.__version__,
+        "albumentations": albumentations.__version__, "python": platform.python_version(),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _summary(run_dir: Path, name: str, cfg: Config, trainer: Trainer, device, precision, channels_last, started: float, ds, model) -> dict[str, Any]:
+    hist = trainer.history
+    metric = cfg.trainer.checkpoint_metric
+    best_row = None
+    if hist:
+        pick = min if metric == "test_loss" else max
+        best_row = pick(hist, key=lambda r: r[metric])
+    return {
+        "recipe": name,
+        "run_dir": str(run_dir),
+        "epochs_completed": trainer.epoch,
+        "epochs": cfg.trainer.epochs,
+        "best_metric": metric,
+        "best": best_row,
+        "final": hist[-1] if hist else None,
+        "train_seconds": sum(r["seconds"] for r in hist),
+        "wall_seconds": time.perf_counter() - started,
+        "device": str(device),
+        "device_name": _device_name(device),
+        "precision": precision.name,
+        "channels_last": channels_last,
+        "threads": torch.get_num_threads(),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "dataset": {"name": ds.name, "train_images": int(ds.train_x.shape[0]), "test_images": int(ds.test_x.shape[0]), "classes": ds.classes},
+        "versions": _versions(),
+    }
+
+
+def _resume_config(run_dir: Path, overrides) -> tuple[str, Config]:
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise VislabError(f"--resume {str(run_dir)!r}: no config.yaml there; give the folder of an earlier `vislab train` run.")
+    raw = yaml.safe_load(cfg_path.read_text()) or {}
+    return run_dir.name, validate_config(apply_overrides(raw, overrides), f"{cfg_path}")
+
+
+def train(
+    recipe: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
+    *,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
+    dataset=None,
+) -> Run:
+    """Train a recipe (name or YAML path) with `section.key` overrides; returns a `Run`.
+
+    Everything is validated and loaded before the run folder is created, so a bad config or
+    data set leaves nothing behind. `dataset` (a `vislab.data.ImageDataset`) replaces the
+    config's data section, for notebooks that already hold their data in memory.
+    """
+    started = time.perf_counter()
+    setup_logging()
+    if resume is not None:
+        run_dir = Path(resume)
+        name, cfg = _resume_config(run_dir, overrides)
+    else:
+        name, cfg = load_config(recipe, overrides)
+    t = cfg.trainer
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    channels_last = resolve_channels_last(t.channels_last, device)
+
+    from .data import load_dataset
+
+    d = cfg.data
+    ds = dataset if dataset is not None else load_dataset(d.name, d.root, train_size=d.train_size, test_size=d.test_size, download=d.download, cache_dir=d.cache_dir, image_size=d.image_size)
+    if resume is None:
+        run_dir = _new_run_dir(out, name, overwrite)
+        _check_writable(run_dir)
+
+    with _determinism(t.deterministic, device):
+        seed_everything(t.seed)
+        model = build_model(cfg, ds.num_classes).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        train_loader, test_loader, gen = build_loaders(cfg, ds, device, channels_last, t.seed)
+        if len(train_loader) == 0:
+            raise ConfigError(f"trainer.batch_size = {t.batch_size} is larger than the training set ({ds.train_x.shape[0]} images); lower it or set trainer.drop_last=false.")
+        o, s = cfg.optim, cfg.sched
+        optimizer = create_optimizer(model, o.name, o.lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas)
+        scheduler = create_scheduler(
+            optimizer, s.name, epochs=t.epochs, steps_per_epoch=len(train_loader), max_lr=s.max_lr,
+            peak_epoch=s.peak_epoch, div_factor=s.div_factor, final_div_factor=s.final_div_factor, anneal=s.anneal,
+            monitor=s.monitor, mode=s.mode, factor=s.factor, patience=s.patience, threshold=s.threshold,
+            threshold_mode=s.threshold_mode, min_lr=s.min_lr, step_size=s.step_size, gamma=s.gamma,
+        )
+        compiled = torch.compile(model) if t.compile else None
+
+        # Only now, with config, data and model known good, does the run folder come to be.
+        ckpt_dir = run_dir / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(
+            model, optimizer, scheduler, train_loader=train_loader, test_loader=test_loader, epochs=t.epochs,
+            device=device, precision=precision, channels_last=channels_last, label_smoothing=o.label_smoothing,
+            l1=o.l1, grad_clip=o.grad_clip, progress=t.progress, generator=gen, compiled_model=compiled,
+            callbacks=[MetricsLogger(run_dir / "metrics.jsonl"), LRMonitor(run_dir / "lr_steps.json"), Checkpointer(ckpt_dir, t.checkpoint_metric), *callbacks],
+        )
+        if resume is not None:
+            trainer.load_state_dict(load_checkpoint(ckpt_dir / "last.pt", map_location=device))
+            # Rows of an epoch whose checkpoint never landed are dropped: that epoch runs again.
+            write_jsonl(run_dir / "metrics.jsonl", trainer.history)
+            log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, t.epochs)
+        header = f"# vislab {__version__} resolved config of recipe {name!r}\n"
+        atomic_write_text(run_dir / "config.yaml", header + config_to_yaml(cfg))
+        log.info(
+            "run %s: %s on %s (%s, %s, channels_last=%s), %d train / %d test images",
+            run_dir, cfg.model.name, ds.name, _device_name(device), precision.name, channels_last, ds.train_x.shape[0], ds.test_x.shape[0],
+        )
+        trainer.fit()
+
+    summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return Run(run_dir=run_dir, config=cfg, model=model, history=trainer.history, summary=summary)

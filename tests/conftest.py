@@ -1,0 +1,65 @@
+"""Shared fixtures: small synthetic data sets built in temporary folders (never real CIFAR)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+CLASSES = ("alpha", "beta", "gamma")
+SIZE = 16
+
+
+def _image(label: int, rng: np.random.Generator) -> np.ndarray:
+    # Class k has a bright 6x6 patch in its own corner; noise elsewhere. Learnable in a few steps.
+    img = rng.integers(0, 90, size=(SIZE, SIZE, 3), dtype=np.uint8)
+    r, c = [(1, 1), (1, 9), (9, 5)][label]
+    img[r : r + 6, c : c + 6, label] = 250
+    return img
+
+
+def make_imagefolder(root: Path, train_per_class: int = 24, test_per_class: int = 8, seed: int = 0) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for k, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(_image(k, rng)).save(folder / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture
+def imagefolder(tmp_path: Path) -> Path:
+    return make_imagefolder(tmp_path / "data")
+
+
+@pytest.fixture
+def tiny_overrides(imagefolder: Path, tmp_path: Path) -> dict:
+    """Overrides that make any recipe a seconds-long CPU run on the synthetic image folder."""
+    return {
+        "data.name": "imagefolder",
+        "data.root": str(imagefolder),
+        "data.cache_dir": str(tmp_path / "cache"),
+        "model.name": "resnet9",
+        "model.width": 0.125,
+        "trainer.batch_size": 16,
+        "trainer.epochs": 2,
+        "trainer.device": "cpu",
+        "trainer.progress": False,
+        "sched.name": "onecycle",
+        "sched.peak_epoch": 1,
+        "optim.lr": 0.05,
+    }
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    # Tests may flip torch's global determinism switches through vislab.train; keep them isolated.
+    det = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(det)
