@@ -52,7 +52,7 @@ def tiny_overrides(imagefolder: Path, tmp_path: Path) -> dict:
         "trainer.device": "cpu",
         "trainer.progress": False,
         "sched.name": "onecycle",
-        "sched.peak_epoch": 1,
+        "sched.peak_epoch": 0.5,
         "optim.lr": 0.05,
     }
 

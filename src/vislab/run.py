@@ -8,6 +8,7 @@ import os
 import platform
 import random
 import shutil
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -68,7 +69,7 @@ def setup_logging(level: int = logging.INFO) -> None:
 
     class _TqdmHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            tqdm.write(self.format(record))
+            tqdm.write(self.format(record), file=sys.stderr)
 
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -197,7 +198,15 @@ def _versions() -> dict[str, str]:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} cores)"
 
 
 def _summary(run_dir: Path, name: str, cfg: Config, trainer: Trainer, device, precision, channels_last, started: float, ds, model) -> dict[str, Any]:

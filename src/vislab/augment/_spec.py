@@ -51,19 +51,22 @@ def check_pad_mode(field: str, value: Any) -> str:
 def check_rotate(field: str, value: Any) -> float:
     if not _is_real(value) or not math.isfinite(float(value)) or not 0.0 <= float(value) <= MAX_ROTATE_DEG:
         raise ConfigError(
-            f"{field} = {value!r} is not a rotation limit; use degrees in [0, {MAX_ROTATE_DEG:g}] (0 disables rotation)."
+            f"{field} = {value!r} is not a rotation limit; use degrees in [0, {MAX_ROTATE_DEG:g}] "
+            "(0 disables rotation)."
         )
     return float(value)
 
 
 def check_hole_size(field: str, value: Any) -> tuple[int, int]:
-    ok = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2 and all(_is_int(v) for v in value)
+    is_pair = isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
+    ok = is_pair and all(_is_int(v) for v in value)
     if ok:
         h, w = int(value[0]), int(value[1])
         ok = (h == 0 and w == 0) or (h > 0 and w > 0)
     if not ok:
         raise ConfigError(
-            f"{field} = {value!r} is not a hole size; use (height, width) as two integers > 0, or (0, 0) to disable cutout."
+            f"{field} = {value!r} is not a hole size; use (height, width) as two integers > 0, "
+            "or (0, 0) to disable cutout."
         )
     return h, w
 

@@ -83,6 +83,11 @@ def load_dataset(
     train_size / test_size take class-balanced subsets (the first images of each class in data set
     order); image_size resizes every image to image_size x image_size (and, for image folders,
     converts grayscale/RGBA to RGB). mean/std are computed on the returned train split.
+
+    CIFAR is read from root (the extracted folder, or the official .tar.gz) or else from cache_dir,
+    downloading the archive there when allowed. Archives are unpickled only after their MD5 matched
+    the published one; an extracted folder placed by the user is trusted as is. Image folders are
+    decoded once and cached under cache_dir/imagefolder, keyed by file names, sizes and mtimes.
     """
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in _LOADERS:

@@ -109,7 +109,10 @@ def balanced_indices(y: torch.Tensor, n: int, num_classes: int, field: str = "n"
 
 
 def balanced_subset(x: torch.Tensor, y: torch.Tensor, n: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n // num_classes images of each class in data set order (+1 for the first n % C classes)."""
+    """The first n // num_classes images of each class in data set order (+1 for the first n % C classes).
+
+    The kept images stay in data set order; n == len(y) returns x, y unchanged.
+    """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
     idx = balanced_indices(y, n, num_classes)

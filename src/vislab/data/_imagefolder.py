@@ -113,9 +113,10 @@ def _decode_all(files: list[str], image_size: int | None, workers: int) -> np.nd
     first = decode_file(files[0], image_size)
     size = first.shape[1:]
     out = np.empty((len(files), 3, *size), dtype=np.uint8)
+    out[0] = first
 
     def decode_range(lo: int) -> None:
-        for i in range(lo, min(lo + CHUNK_FILES, len(files))):
+        for i in range(max(lo, 1), min(lo + CHUNK_FILES, len(files))):
             img = decode_file(files[i], image_size)
             if img.shape[1:] != size:
                 raise DataError(
