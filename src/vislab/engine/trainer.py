@@ -56,7 +56,7 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
 ) -> dict[str, float]:
-    """One pass over `loader`; returns mean per-sample train loss, accuracy (%) and the last LR."""
+    """One pass over `loader`; returns mean per-sample train loss, accuracy (%) and the LR of its last step."""
     model.train()
     # Sums stay on the device (no host sync per step) and become Python floats once per epoch;
     # they are detached, so no autograd graph is kept alive.
@@ -107,7 +107,8 @@ def train_one_epoch(
     if seen == 0:
         raise VislabError("The training loader produced no batch: the training set is smaller than trainer.batch_size with trainer.drop_last=true.")
     train_loss = loss_sum.item() / seen
-    return {"train_loss": train_loss, "train_acc": 100.0 * correct.item() / seen, "lr": optimizer.param_groups[0]["lr"]}
+    # The LR the last step used; the optimizer's current value is already the next step's.
+    return {"train_loss": train_loss, "train_acc": 100.0 * correct.item() / seen, "lr": lr}
 
 
 @torch.inference_mode()
