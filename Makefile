@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Set DATA_ROOT to an imagefolder copy (train/<class>, test/<class>) to run the demo offline,
-# e.g. make demo DATA_ROOT=../shared/data/cifar10-jpeg
-DATA_ROOT ?=
+# DATA_ROOT: an imagefolder copy (train/<class>, test/<class>) for offline demos. Defaults to the
+# CIFAR-10 JPEG copy beside the checkout when there is one; empty means the official CIFAR-10
+# (downloaded once into the cache, or a clear message on how to supply it without internet).
+DATA_ROOT ?= $(wildcard ../shared/data/cifar10-jpeg)
 DEMO_SET := $(if $(DATA_ROOT),--set data.name=imagefolder --set data.root=$(DATA_ROOT),)
 
 .PHONY: demo test bench clean

@@ -111,3 +111,13 @@ def test_apply_overrides_does_not_mutate_input():
     raw = {"trainer": {"epochs": 4}}
     out = apply_overrides(raw, {"trainer.epochs": 9})
     assert raw == {"trainer": {"epochs": 4}} and out["trainer"]["epochs"] == 9
+
+
+def test_config_reference_lists_every_field():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text()
+    for section, sec_field in Config.model_fields.items():
+        assert f"## `{section}`" in doc
+        for key in sec_field.annotation.model_fields:
+            assert f"| `{key}` |" in doc, f"docs/config.md lacks {section}.{key}; run tools/gen_config_docs.py"
