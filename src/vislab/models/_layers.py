@@ -90,3 +90,11 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def check_common(norm: object, groups: object, width: object, num_classes: object, in_chans: object) -> float:
+    """Validate the options every architecture takes; returns `width` as a float."""
+    check_norm(norm, groups)
+    check_positive_int("num_classes", num_classes)
+    check_positive_int("in_chans", in_chans)
+    return check_width(width)

@@ -10,10 +10,8 @@ from torch import nn
 
 from vislab.errors import ConfigError
 from vislab.models._layers import (
+    check_common,
     DEFAULT_GROUPS,
-    check_norm,
-    check_positive_int,
-    check_width,
     init_weights,
     make_norm,
     scale_channels,
@@ -63,10 +61,7 @@ class ResNet(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        check_norm(norm, groups)
-        width = check_width(width)
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("in_chans", in_chans)
+        width = check_common(norm, groups, width, num_classes, in_chans)
         if isinstance(last_stride, bool) or not isinstance(last_stride, int) or last_stride not in (1, 2):
             raise ConfigError(
                 f"model.last_stride: {last_stride!r} is not allowed; use 2 (a 4x4 final map at 32x32 input) "

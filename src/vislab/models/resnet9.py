@@ -10,10 +10,8 @@ from torch import nn
 
 from vislab.errors import ConfigError
 from vislab.models._layers import (
+    check_common,
     DEFAULT_GROUPS,
-    check_norm,
-    check_positive_int,
-    check_width,
     conv_norm_act,
     init_weights,
     make_norm,
@@ -65,10 +63,7 @@ class ResNet9(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        check_norm(norm, groups)
-        width = check_width(width)
-        check_positive_int("num_classes", num_classes)
-        check_positive_int("in_chans", in_chans)
+        width = check_common(norm, groups, width, num_classes, in_chans)
         if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) \
                 or not math.isfinite(logit_scale) or logit_scale <= 0:
             raise ConfigError(
