@@ -51,6 +51,7 @@ def tiny_overrides(imagefolder: Path, tmp_path: Path) -> dict:
         "trainer.epochs": 2,
         "trainer.device": "cpu",
         "trainer.progress": False,
+        "trainer.report": False,
         "sched.name": "onecycle",
         "sched.peak_epoch": 0.5,
         "optim.lr": 0.05,

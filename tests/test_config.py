@@ -32,6 +32,7 @@ def test_recipes_encode_the_course_settings():
     _, r9 = load_config("resnet9-onecycle")
     assert (r9.sched.name, r9.sched.peak_epoch, r9.trainer.epochs, r9.trainer.batch_size, r9.augment.cutout_size) == ("onecycle", 5, 24, 512, 8)
     _, sgd = load_config("resnet18-sgd-plateau")
+    assert r9.sched.max_lr == "auto" and sgd.optim.lr == "auto"
     assert (sgd.model.last_stride, sgd.sched.monitor, sgd.sched.mode, sgd.sched.patience, sgd.sched.threshold) == (1, "test_acc", "max", 3, 0.1)
 
 

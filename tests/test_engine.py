@@ -201,3 +201,17 @@ def test_albumentations_backend_trains(tiny_overrides, tmp_path):
 def test_l1_clip_and_smoothing_options_run(tiny_overrides, tmp_path):
     run = vislab.train("quick", {**tiny_overrides, "trainer.epochs": 1, "optim.l1": 1e-5, "optim.grad_clip": 1.0, "optim.label_smoothing": 0.1, "optim.name": "adamw", "optim.lr": 0.003, "sched.name": "cosine"}, out=tmp_path / "r")
     assert math.isfinite(run.history[0]["train_loss"])
+
+
+def test_train_writes_report_unless_switched_off(tiny_overrides, tmp_path):
+    from vislab.cli import main
+
+    run = vislab.train("quick", {**tiny_overrides, "trainer.epochs": 1, "trainer.report": True}, out=tmp_path / "r")
+    html = (run.run_dir / "report.html").read_text()
+    assert (run.run_dir / "report.md").is_file() and "Grad-CAM" in html
+    sets = [a for k, v in tiny_overrides.items() for a in ("--set", f"{k}={v}")]
+    assert main(["train", *sets, "--set", "trainer.epochs=1", "--set", "trainer.report=true", "--no-report", "--out", str(tmp_path / "n")]) == 0
+    assert not (tmp_path / "n" / "report.html").exists()
+    # `vislab report` rebuilds it on demand from the run folder.
+    assert main(["report", str(tmp_path / "n")]) == 0
+    assert (tmp_path / "n" / "report.html").is_file()

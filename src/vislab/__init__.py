@@ -8,6 +8,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": ("vislab.run", "train"),
     "Run": ("vislab.run", "Run"),
+    "lr_find": ("vislab.run", "lr_find"),
+    "LRFinder": ("vislab.tuner", "LRFinder"),
+    "write_report": ("vislab.report", "write_report"),
+    "explain_run": ("vislab.report", "explain_run"),
+    "compare_runs": ("vislab.report", "compare_runs"),
     "load_config": ("vislab.config", "load_config"),
     "list_recipes": ("vislab.config", "list_recipes"),
     "create_model": ("vislab.models", "create_model"),

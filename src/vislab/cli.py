@@ -1,4 +1,4 @@
-"""The `vislab` command line: train, recipes, summary."""
+"""The `vislab` command line: train, lr-find, report, explain, compare, recipes, summary."""
 
 from __future__ import annotations
 
@@ -16,13 +16,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume and args.recipe:
         raise VislabError("Give either a recipe to start a new run or --resume RUN_DIR to continue one, not both.")
-    run = train(args.recipe, args.set, out=args.out, resume=args.resume, overwrite=args.overwrite)
+    overrides = [*args.set, "trainer.report=false"] if args.no_report else args.set
+    run = train(args.recipe, overrides, out=args.out, resume=args.resume, overwrite=args.overwrite)
     best, final = run.summary.get("best") or {}, run.summary.get("final") or {}
     print(
         f"best test accuracy {best.get('test_acc', float('nan')):.2f}% (epoch {best.get('epoch')}), "
         f"final {final.get('test_acc', float('nan')):.2f}%, {run.summary['wall_seconds']:.0f} s on {run.summary['device_name']}"
     )
     print(run.run_dir)
+    return 0
+
+
+def _cmd_lr_find(args: argparse.Namespace) -> int:
+    from .run import lr_find
+    from .tuner import RangeTestError
+
+    finder = lr_find(args.recipe, args.set, out=args.out, save=True)
+    r = finder.results
+    try:
+        s = finder.suggestions()
+    except RangeTestError as e:
+        raise RangeTestError(f"{e} The measured sweep is in {finder.run_dir}.") from None
+    lo, hi = s["onecycle"]
+    print(f"chosen lr {s['chosen']:.3g} ({s['method']}); {r['steps']} of {r['num_iter']} steps ({r['stop_reason']}) in {r['seconds']:.1f} s")
+    print(f"suggestions: valley {s['valley']:.3g}, steepest {s['steepest']:.3g}, min_loss_div10 {s['min_loss_div10']:.3g}, onecycle {lo:.3g} .. {hi:.3g}")
+    for w in s["warnings"]:
+        print(f"warning: {w}")
+    print(finder.run_dir)
     return 0
 
 
@@ -57,7 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default: runs/<recipe>-<YYYYmmdd-HHMMSS>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an earlier run from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing --out folder instead of writing beside it")
+    t.add_argument("--no-report", action="store_true", help="skip report.md / report.html at the end (same as --set trainer.report=false)")
     t.set_defaults(func=_cmd_train)
+
+    f = sub.add_parser(
+        "lr-find", help="LR range test of a recipe",
+        description="Leslie Smith's LR range test on a recipe's model, optimizer, data, augmentation and precision "
+        "(settings: the lr_find section). Prints the chosen LR and the folder holding lr_find.json and lr_find.png.",
+    )
+    f.add_argument("recipe", nargs="?", help="recipe name (see `vislab recipes`) or path of a YAML config; default: quick")
+    f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value, e.g. --set lr_find.num_iter=200 (repeatable)")
+    f.add_argument("--out", help="output folder (default: runs/lr-find-<recipe>-<YYYYmmdd-HHMMSS>)")
+    f.set_defaults(func=_cmd_lr_find)
 
     r = sub.add_parser("recipes", help="list the shipped recipes", description="List the recipes shipped with vislab.")
     r.add_argument("-v", "--verbose", action="store_true", help="also print what each recipe reproduces")
@@ -71,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, default=32)
     s.add_argument("--depth", type=int, default=3)
     s.set_defaults(func=_cmd_summary)
+
+    from .report._cli import add_subcommands  # report, explain, compare
+
+    add_subcommands(sub)
     return p
 
 

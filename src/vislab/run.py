@@ -1,4 +1,4 @@
-"""`vislab.train`: wire config -> data -> augmentation -> model -> engine -> run folder."""
+"""`vislab.train` and `lr_find`: wire config -> data -> augmentation -> model -> engine -> run folder."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from .engine import (
 )
 from .engine.checkpoint import atomic_write_text, write_jsonl
 from .errors import ConfigError, VislabError
+
+if TYPE_CHECKING:
+    from .tuner import LRFinder
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +248,123 @@ def _resume_config(run_dir: Path, overrides) -> tuple[str, Config]:
     return run_dir.name, validate_config(apply_overrides(raw, overrides), f"{cfg_path}")
 
 
+def _load_data(cfg: Config, dataset):
+    from .data import load_dataset
+
+    d = cfg.data
+    if dataset is not None:
+        return dataset
+    return load_dataset(d.name, d.root, train_size=d.train_size, test_size=d.test_size, download=d.download, cache_dir=d.cache_dir, image_size=d.image_size)
+
+
+def _setup(cfg: Config, ds, device: torch.device, channels_last: bool):
+    """Seeded model and loaders, exactly as training starts: (model, train_loader, test_loader, generator)."""
+    t = cfg.trainer
+    seed_everything(t.seed)
+    model = build_model(cfg, ds.num_classes).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader, test_loader, gen = build_loaders(cfg, ds, device, channels_last, t.seed)
+    if len(train_loader) == 0:
+        raise ConfigError(f"trainer.batch_size = {t.batch_size} is larger than the training set ({ds.train_x.shape[0]} images); lower it or set trainer.drop_last=false.")
+    return model, train_loader, test_loader, gen
+
+
+def _auto_fields(cfg: Config) -> list[str]:
+    fields = ["optim.lr"] if cfg.optim.lr == "auto" else []
+    if cfg.sched.max_lr == "auto":
+        fields.append("sched.max_lr")
+    return fields
+
+
+def _range_test(cfg: Config, model: nn.Module, train_loader, test_loader, gen, device: torch.device, precision, channels_last: bool) -> "LRFinder":
+    """The config's LR range test (section lr_find) with the config's optimizer; state is restored after."""
+    from .tuner import LRFinder
+
+    o, f = cfg.optim, cfg.lr_find
+    suggestion = f.suggestion or ("onecycle" if cfg.sched.name == "onecycle" else "valley")
+    # The sweep sets every step's LR itself; the optimizer's own LR is never used.
+    optimizer = create_optimizer(model, o.name, f.start_lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas)
+    finder = LRFinder(
+        model, optimizer, train_loader, device=device, precision=precision, channels_last=channels_last, generator=gen,
+        label_smoothing=o.label_smoothing, l1=o.l1, grad_clip=o.grad_clip, progress=cfg.trainer.progress, suggestion=suggestion,
+    )
+    # The held-out batches of val_loss / accuracy come from the test split, as in the course's LR-vs-accuracy test.
+    finder.range_test(
+        f.start_lr, f.end_lr, f.num_iter, mode=f.mode, smooth_f=f.smooth_f, diverge_th=f.diverge_th,
+        val_loader=test_loader if f.measure != "loss" else None, val_batches=f.val_batches, accuracy=f.measure == "accuracy",
+    )
+    return finder
+
+
+def _format_suggestions(s: dict[str, Any]) -> str:
+    lo, hi = s["onecycle"]
+    return f"valley {s['valley']:.3g}, steepest {s['steepest']:.3g}, min_loss_div10 {s['min_loss_div10']:.3g}, onecycle {lo:.3g} .. {hi:.3g}"
+
+
+def _resolve_auto_lr(cfg: Config, fields: list[str], finder: "LRFinder") -> float:
+    """Put the range test's chosen LR into the `auto` fields of `cfg`; a flat or too short sweep is an error."""
+    from .tuner import RangeTestError
+
+    hint = "Run `vislab lr-find` with the same settings to see the curve, adjust the lr_find section, or set the LR yourself."
+    try:
+        s = finder.suggestions()
+    except RangeTestError as e:
+        raise RangeTestError(f"{' and '.join(fields)} = auto: {e} {hint}") from None
+    if s["flat"]:
+        raise RangeTestError(f"{' and '.join(fields)} = auto: {s['warnings'][0]} {hint}")
+    for w in s["warnings"]:
+        log.warning("LR range test: %s", w)
+    lr = s["chosen"]
+    if "optim.lr" in fields:
+        cfg.optim.lr = lr
+    if "sched.max_lr" in fields:
+        cfg.sched.max_lr = lr
+    log.info("%s = auto -> %.4g (%s suggestion of the LR range test; %s)", " and ".join(fields), lr, s["method"], _format_suggestions(s))
+    return lr
+
+
+def lr_find(
+    recipe: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    *,
+    save: bool = False,
+    dataset=None,
+) -> "LRFinder":
+    """The LR range test of a recipe (its lr_find section) on its model, optimizer, data, augmentation and precision.
+
+    Returns the `vislab.tuner.LRFinder` (`.results`, `.suggestion()`, `.plot()`). With `out` or
+    `save=True` (folder runs/lr-find-<recipe>-<time>) it writes lr_find.json, lr_find.png and the
+    resolved config.yaml there, and sets `finder.run_dir`.
+    """
+    setup_logging()
+    name, cfg = load_config(recipe, overrides)
+    t = cfg.trainer
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    channels_last = resolve_channels_last(t.channels_last, device)
+    ds = _load_data(cfg, dataset)
+    run_dir = None
+    if out is not None or save:
+        run_dir = _new_run_dir(out, f"lr-find-{name}", overwrite=False)
+        _check_writable(run_dir)
+    with _determinism(t.deterministic, device):
+        model, train_loader, test_loader, gen = _setup(cfg, ds, device, channels_last)
+        log.info(
+            "LR range test of %s: %s on %s (%s, %s, channels_last=%s), %s optimizer, lr %.3g..%.3g over %d steps",
+            name, cfg.model.name, ds.name, _device_name(device), precision.name, channels_last, cfg.optim.name,
+            cfg.lr_find.start_lr, cfg.lr_find.end_lr, cfg.lr_find.num_iter,
+        )
+        finder = _range_test(cfg, model, train_loader, test_loader, gen, device, precision, channels_last)
+    if run_dir is not None:
+        finder.save(run_dir)
+        header = f"# vislab {__version__} config of the LR range test of recipe {name!r}\n"
+        atomic_write_text(run_dir / "config.yaml", header + config_to_yaml(cfg))
+        finder.run_dir = run_dir
+    return finder
+
+
 def train(
     recipe: str | Path | None = None,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
@@ -259,7 +379,10 @@ def train(
 
     Everything is validated and loaded before the run folder is created, so a bad config or
     data set leaves nothing behind. `dataset` (a `vislab.data.ImageDataset`) replaces the
-    config's data section, for notebooks that already hold their data in memory.
+    config's data section, for notebooks that already hold their data in memory. With
+    `optim.lr: auto` (or OneCycle's `sched.max_lr: auto`) the LR range test runs first, on the
+    same model, data and precision; its chosen LR goes into the config and its sweep into
+    lr_find.json / lr_find.png beside the run.
     """
     started = time.perf_counter()
     setup_logging()
@@ -268,27 +391,27 @@ def train(
         name, cfg = _resume_config(run_dir, overrides)
     else:
         name, cfg = load_config(recipe, overrides)
+    auto = _auto_fields(cfg)
+    if auto and resume is not None:
+        raise ConfigError(f"{' and '.join(auto)} = auto cannot be combined with --resume: a resumed run keeps the LR stored in its config.yaml.")
     t = cfg.trainer
     device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     channels_last = resolve_channels_last(t.channels_last, device)
 
-    from .data import load_dataset
-
-    d = cfg.data
-    ds = dataset if dataset is not None else load_dataset(d.name, d.root, train_size=d.train_size, test_size=d.test_size, download=d.download, cache_dir=d.cache_dir, image_size=d.image_size)
+    ds = _load_data(cfg, dataset)
     if resume is None:
         run_dir = _new_run_dir(out, name, overwrite)
         _check_writable(run_dir)
 
     with _determinism(t.deterministic, device):
-        seed_everything(t.seed)
-        model = build_model(cfg, ds.num_classes).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        train_loader, test_loader, gen = build_loaders(cfg, ds, device, channels_last, t.seed)
-        if len(train_loader) == 0:
-            raise ConfigError(f"trainer.batch_size = {t.batch_size} is larger than the training set ({ds.train_x.shape[0]} images); lower it or set trainer.drop_last=false.")
+        model, train_loader, test_loader, gen = _setup(cfg, ds, device, channels_last)
+        finder = None
+        if auto:
+            # Model, RNG and data-order state are restored after the sweep: training then starts
+            # exactly as it would have with the chosen LR written in the recipe.
+            finder = _range_test(cfg, model, train_loader, test_loader, gen, device, precision, channels_last)
+            _resolve_auto_lr(cfg, auto, finder)
         o, s = cfg.optim, cfg.sched
         optimizer = create_optimizer(model, o.name, o.lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas)
         scheduler = create_scheduler(
@@ -314,6 +437,11 @@ def train(
             write_jsonl(run_dir / "metrics.jsonl", trainer.history)
             log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, t.epochs)
         header = f"# vislab {__version__} resolved config of recipe {name!r}\n"
+        if finder is not None:
+            finder.save(run_dir)
+            sugg = finder.suggestions()
+            for field_name in auto:
+                header += f"# {field_name}: auto -> {sugg['chosen']!r} (LR range test, {sugg['method']} suggestion; sweep in lr_find.json)\n"
         atomic_write_text(run_dir / "config.yaml", header + config_to_yaml(cfg))
         log.info(
             "run %s: %s on %s (%s, %s, channels_last=%s), %d train / %d test images",
@@ -322,5 +450,19 @@ def train(
         trainer.fit()
 
     summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
+    if finder is not None:
+        summary["lr_find"] = {"fields": auto, **finder.to_dict()["chosen"], "seconds": finder.results["seconds"]}
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if t.report:
+        _write_report(run_dir, ds)
     return Run(run_dir=run_dir, config=cfg, model=model, history=trainer.history, summary=summary)
+
+
+def _write_report(run_dir: Path, ds) -> None:
+    from .report import write_report
+
+    try:
+        path = write_report(run_dir, dataset=ds)  # reuses the data set already in memory
+        log.info("report: %s", path)
+    except Exception as e:  # noqa: BLE001 - a finished run must not fail on its report
+        log.warning("report not written (%s: %s); `vislab report %s` retries", type(e).__name__, e, run_dir)

@@ -1,10 +1,13 @@
-"""The typed experiment config: sections data / augment / model / optim / sched / trainer."""
+"""The typed experiment config: sections data / augment / model / optim / sched / trainer / lr_find."""
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# A learning rate, or "auto": `vislab train` runs the LR range test (section lr_find) and uses its suggestion.
+LearningRate = Union[Annotated[float, Field(gt=0.0)], Literal["auto"]]
 
 
 class _Section(BaseModel):
@@ -45,7 +48,7 @@ class ModelConfig(_Section):
 
 class OptimConfig(_Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0.0)  # base learning rate (OneCycle: see sched.max_lr)
+    lr: LearningRate = 0.05  # base learning rate, or auto (OneCycle: see sched.max_lr)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)  # SGD momentum
     nesterov: bool = False  # SGD Nesterov momentum
     betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW betas
@@ -65,7 +68,7 @@ class OptimConfig(_Section):
 class SchedConfig(_Section):
     name: Literal["onecycle", "plateau", "step", "cosine", "none"] = "onecycle"
     # OneCycle, stated in epochs and stepped per batch
-    max_lr: Optional[float] = Field(None, gt=0.0)  # peak LR (None: optim.lr)
+    max_lr: Optional[LearningRate] = None  # peak LR (None: optim.lr; auto: from the LR range test)
     peak_epoch: float = Field(5.0, ge=0.0)  # epoch at which the LR peaks (5 of 24 in the course)
     div_factor: float = Field(10.0, gt=0.0)  # start LR = max_lr / div_factor
     final_div_factor: float = Field(100.0, gt=0.0)  # final LR = start LR / final_div_factor
@@ -84,6 +87,8 @@ class SchedConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "SchedConfig":
+        if self.max_lr == "auto" and self.name != "onecycle":
+            raise ValueError(f"sched.max_lr=auto only applies to sched.name=onecycle (got {self.name}); use optim.lr=auto instead")
         if self.name == "plateau":
             wanted = "max" if self.monitor == "test_acc" else "min"
             if self.mode != wanted:
@@ -104,6 +109,7 @@ class TrainerConfig(_Section):
     checkpoint_metric: Literal["test_acc", "test_loss"] = "test_acc"  # what picks the `best` checkpoint
     progress: bool = True  # per-step progress bar
     drop_last: bool = True  # drop the last incomplete training batch
+    report: bool = True  # write report.md / report.html into the run folder at the end
 
     @model_validator(mode="after")
     def _check(self) -> "TrainerConfig":
@@ -116,6 +122,26 @@ class TrainerConfig(_Section):
         return self
 
 
+class LRFindConfig(_Section):
+    """The LR range test of `vislab lr-find`, and of `vislab train` when optim.lr or sched.max_lr is auto."""
+
+    start_lr: float = Field(1e-7, gt=0.0)  # LR of the first step
+    end_lr: float = Field(10.0, gt=0.0)  # LR of the last step (the sweep usually diverges before)
+    num_iter: int = Field(100, ge=11, le=100_000)  # steps, one batch each (>= 11: a suggestion needs 10 after the first 10% are skipped)
+    mode: Literal["exp", "linear"] = "exp"  # spacing of the LRs between start_lr and end_lr
+    measure: Literal["loss", "val_loss", "accuracy"] = "loss"  # training-batch loss, or loss / accuracy on held-out batches
+    val_batches: int = Field(4, gt=0)  # held-out batches (first batches of the test split) for val_loss / accuracy
+    smooth_f: float = Field(0.05, ge=0.0, lt=1.0)  # weight of the newest value in the smoothed curve; 0 disables smoothing
+    diverge_th: float = Field(5.0, gt=1.0)  # stop once the smoothed loss exceeds diverge_th x its best value
+    suggestion: Optional[Literal["valley", "steepest", "min_loss_div10", "onecycle"]] = None  # what auto uses; None: onecycle's peak under OneCycle, else valley
+
+    @model_validator(mode="after")
+    def _check(self) -> "LRFindConfig":
+        if self.end_lr <= self.start_lr:
+            raise ValueError(f"lr_find.end_lr ({self.end_lr}) must be larger than lr_find.start_lr ({self.start_lr})")
+        return self
+
+
 class Config(_Section):
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -123,3 +149,4 @@ class Config(_Section):
     optim: OptimConfig = OptimConfig()
     sched: SchedConfig = SchedConfig()
     trainer: TrainerConfig = TrainerConfig()
+    lr_find: LRFindConfig = LRFindConfig()

@@ -1,0 +1,73 @@
+"""Explaining predictions: cached test-set logits, misclassified images, Grad-CAM and its deletion test."""
+
+from ._deletion import (
+    DELETE_FRACTION,
+    RANDOM_REPEATS,
+    DeletionResult,
+    deletion_test,
+    random_mask,
+    random_region_mask,
+    top_mask,
+)
+from ._gradcam import (
+    CamResult,
+    capture_output,
+    explaining,
+    grad_cam,
+    grad_cam_targets,
+    guided_grad_cam,
+    resolve_layer,
+)
+from ._predictions import (
+    PREDICTIONS_FILE,
+    checkpoint_key,
+    load_predictions,
+    predict,
+    save_predictions,
+)
+from ._select import (
+    ORDERS,
+    TARGETS,
+    check_count,
+    check_order,
+    check_target,
+    confusion_matrix,
+    most_confused,
+    normalize_confusion,
+    per_class_accuracy,
+    per_sample_loss,
+    select_misclassified,
+)
+
+__all__ = [
+    "DELETE_FRACTION",
+    "ORDERS",
+    "PREDICTIONS_FILE",
+    "RANDOM_REPEATS",
+    "TARGETS",
+    "CamResult",
+    "DeletionResult",
+    "capture_output",
+    "check_count",
+    "check_order",
+    "check_target",
+    "checkpoint_key",
+    "confusion_matrix",
+    "deletion_test",
+    "explaining",
+    "grad_cam",
+    "grad_cam_targets",
+    "guided_grad_cam",
+    "load_predictions",
+    "most_confused",
+    "normalize_confusion",
+    "per_class_accuracy",
+    "per_sample_loss",
+    "predict",
+    "random_mask",
+    "random_region_mask",
+    "resolve_layer",
+    "save_predictions",
+    "select_misclassified",
+    "top_mask",
+]

@@ -1,0 +1,93 @@
+"""Test-set predictions computed once per checkpoint and cached in the run folder as `predictions.pt`."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..engine.checkpoint import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "predictions.pt"
+PREDICT_BATCH = 1000
+
+
+def predict(
+    model: nn.Module,
+    images: Tensor,
+    transform: Callable[[Tensor], Tensor],
+    *,
+    batch_size: int = PREDICT_BATCH,
+    device: torch.device | str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> Tensor:
+    """Logits (N, num_classes) float32 on the CPU for uint8 `images` (N, C, H, W), in eval mode, batch by batch.
+
+    `transform` turns a uint8 batch on `device` into the model's input (e.g. `TensorAugment.normalize_only`).
+    """
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out = []
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    try:
+        with torch.inference_mode():
+            for i in range(0, images.shape[0], batch_size):
+                x = transform(images[i : i + batch_size].to(device)).to(memory_format=memory_format)
+                ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+                with ctx:
+                    out.append(model(x).float().cpu())
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.zeros(0, 0)
+    return torch.cat(out)  # (N, num_classes)
+
+
+def checkpoint_key(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the cached predictions depend on: the checkpoint file (name, size, mtime) and its epoch/step."""
+    path = Path(path)
+    st = path.stat()
+    key: dict[str, Any] = {"checkpoint": path.name, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    if checkpoint is not None:
+        key["epoch"] = int(checkpoint.get("epoch", -1))
+        key["global_step"] = int(checkpoint.get("global_step", -1))
+    return key
+
+
+def save_predictions(path: str | Path, logits: Tensor, labels: Tensor, key: dict[str, Any]) -> None:
+    """Write logits (float32) and labels (int64) with the key they belong to, atomically."""
+    buf = io.BytesIO()
+    torch.save({"logits": logits.float().cpu(), "labels": labels.long().cpu(), "key": dict(key)}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_predictions(path: str | Path, key: dict[str, Any]) -> tuple[Tensor, Tensor] | None:
+    """(logits, labels) from `path` when it was written for `key`; None when absent, stale or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
+    except Exception as e:  # noqa: BLE001 - an unreadable cache is simply recomputed
+        log.warning("ignoring unreadable %s (%s); recomputing the predictions", path, type(e).__name__)
+        return None
+    if not isinstance(data, dict) or data.get("key") != key:
+        log.info("%s belongs to another checkpoint or data set; recomputing", path)
+        return None
+    logits, labels = data.get("logits"), data.get("labels")
+    if not isinstance(logits, Tensor) or not isinstance(labels, Tensor) or logits.shape[0] != labels.shape[0]:
+        return None
+    return logits, labels

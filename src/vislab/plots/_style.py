@@ -1,0 +1,25 @@
+"""Shared plot style: colour-blind-safe palette and colour maps, and the `ax=None` -> Figure convention."""
+
+from __future__ import annotations
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+# Okabe & Ito (2008): eight colours that stay distinct under the common colour-vision deficiencies.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+# Perceptually uniform maps that read the same in grey scale and for deuteranopes / protanopes.
+HEATMAP_CMAP = "viridis"
+MATRIX_CMAP = "cividis"
+DPI = 110
+
+
+def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    """The caller's axes and their figure, or a fresh pyplot-free Figure with one axes (safe headless)."""
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]

@@ -1,0 +1,86 @@
+"""The `report`, `explain` and `compare` subcommands, registered into the `vislab` parser by cli.py."""
+
+from __future__ import annotations
+
+import argparse
+
+# Copies of vislab.explain.ORDERS / TARGETS (a test keeps them equal): importing vislab.explain here would
+# pull in torch while the parser is built, and `vislab --version` should stay instant.
+ORDERS = ("loss", "confidence", "random")
+TARGETS = ("predicted", "actual", "both")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder of a `vislab train` run (finished or interrupted)")
+    p.add_argument("--n", type=int, default=20, help="misclassified images in the gallery (default 20)")
+    p.add_argument("--order", choices=ORDERS, default="loss", help="gallery order: loss (top losses), confidence, random (default loss)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random order, samples and masks (default 0)")
+    p.add_argument("--layer", metavar="NAME", help="Grad-CAM layer, a dotted module name (default: the model's registered layer)")
+    p.add_argument("--checkpoint", metavar="best|last|PATH", help="checkpoint to explain (default: best.pt, else last.pt)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--data-root", metavar="DIR", help="data folder, when the run's data.root does not resolve from here")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ..run import setup_logging
+    from ._report import make_report
+
+    setup_logging()
+    rep = make_report(args.run_dir, n=args.n, order=args.order, target=args.target, layer=args.layer, seed=args.seed,
+                      checkpoint=args.checkpoint, device=args.device, data_root=args.data_root, preview=args.preview)
+    print(rep.markdown)
+    print(rep.html)
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from ..run import setup_logging
+    from ._explain import explain_run
+
+    setup_logging()
+    res = explain_run(args.run_dir, n=args.n, target=args.target, layer=args.layer, order=args.order, seed=args.seed,
+                      checkpoint=args.checkpoint, device=args.device, data_root=args.data_root, out=args.out, guided=args.guided)
+    for key, d in res.explanation.faithfulness.items():
+        print(f"deletion test, {key}: probability drop {d['cam_drop']:.3f} (top-20% CAM) vs {d['region_drop']:.3f} (random region) "
+              f"and {d['random_drop']:.3f} (random pixels), n={d['images']}")
+    for path in res.files:
+        print(path)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from ._compare import compare_runs
+
+    res = compare_runs(args.run_dirs, out=args.out)
+    for r in res.rows:
+        best = f"{r['best_test_acc']:.2f}%" if isinstance(r["best_test_acc"], (int, float)) else "n/a"
+        print(f"{r['run']}: best test accuracy {best} (epoch {r['best_epoch']}), {r['epochs']} epochs")
+    print(res.markdown)
+    print(res.html)
+    return 0
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    """Register `report`, `explain` and `compare` on the `vislab` command's subparsers."""
+    r = subparsers.add_parser("report", help="write report.md and a self-contained report.html for a run",
+                              description="Metrics, config, model, curves, LR, augmented samples, per-class accuracy, confusion "
+                                          "matrix, misclassified gallery, Grad-CAM and its deletion test, as report.md + report.html.")
+    _add_run_options(r)
+    r.add_argument("--target", choices=TARGETS, default="both", help="Grad-CAM target class (default both)")
+    r.add_argument("--preview", type=int, default=16, metavar="N", help="augmented training images shown (0: none; default 16)")
+    r.set_defaults(func=_cmd_report)
+
+    e = subparsers.add_parser("explain", help="misclassified gallery and Grad-CAM for a run",
+                              description="Misclassified test images and their Grad-CAM maps for the predicted and/or actual "
+                                          "class, with the deletion test; written to RUN_DIR/explain unless --out.")
+    _add_run_options(e)
+    e.add_argument("--target", choices=TARGETS, default="both", help="Grad-CAM target class (default both)")
+    e.add_argument("--guided", action="store_true", help="also draw captum's Guided Grad-CAM for the predicted class")
+    e.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/explain)")
+    e.set_defaults(func=_cmd_explain)
+
+    c = subparsers.add_parser("compare", help="overlay several runs' curves and tabulate their metrics",
+                              description="Curves of several runs in one figure and a table of their best and final metrics.")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("--out", metavar="DIR", help="output folder (default runs/compare-<time>)")
+    c.set_defaults(func=_cmd_compare)

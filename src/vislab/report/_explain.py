@@ -1,0 +1,218 @@
+"""`explain`: misclassified gallery, Grad-CAM for the predicted and the actual class, and the deletion test."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from ..engine.checkpoint import atomic_write_text
+from ..explain import (
+    DELETE_FRACTION,
+    check_count,
+    check_order,
+    check_target,
+    deletion_test,
+    grad_cam_targets,
+    guided_grad_cam,
+    resolve_layer,
+    select_misclassified,
+)
+from ..plots import plot_gradcam, plot_image_grid, plot_misclassified
+from ._rundir import LoadedRun, load_run
+
+log = logging.getLogger(__name__)
+
+FAITHFULNESS_SAMPLE = 200  # random test images for the typical deletion numbers (besides the gallery's)
+EXPLAIN_FOLDER = "explain"
+
+
+@dataclass
+class Explanation:
+    """The gallery images, their Grad-CAM maps, deletion-test numbers and the figures drawn from them."""
+
+    indices: Tensor  # (n,) test-set indices, in gallery order
+    labels: Tensor  # (n,)
+    preds: Tensor  # (n,)
+    probs: Tensor  # (n,) probability of the predicted class
+    order: str
+    layer: str
+    cams: dict[str, Tensor]  # "predicted" / "actual" -> (n, H, W)
+    faithfulness: dict[str, dict[str, float]]  # "<images>/<target>" -> DeletionResult.as_dict()
+    gallery: Figure | None
+    gradcam: Figure | None
+    guided: Figure | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def layer_name(model: torch.nn.Module, layer: Any) -> str:
+    module = resolve_layer(model, layer)
+    base = getattr(model, "_orig_mod", model)
+    return next((n for n, m in base.named_modules() if m is module), type(module).__name__)
+
+
+def _cam_targets(target: str, preds: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    out = {}
+    if target in ("predicted", "both"):
+        out["predicted"] = preds
+    if target in ("actual", "both"):
+        out["actual"] = labels
+    return out
+
+
+def _faithfulness(
+    run: LoadedRun, x: Tensor, cams: dict[str, Tensor], targets: dict[str, Tensor], grid: tuple[int, int], prefix: str, seed: int
+) -> dict[str, dict[str, float]]:
+    return {
+        f"{prefix}/{k}": deletion_test(run.model, x, cams[k], targets[k], fraction=DELETE_FRACTION, region_grid=grid, seed=seed).as_dict()
+        for k in cams
+    }
+
+
+def explain_loaded(
+    run: LoadedRun,
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    n: int = 20,
+    order: str = "loss",
+    target: str = "both",
+    layer: str | None = None,
+    seed: int = 0,
+    faithfulness_n: int = FAITHFULNESS_SAMPLE,
+    guided: bool = False,
+) -> Explanation:
+    """Everything `explain` shows, from a loaded run and its cached test-set predictions."""
+    check_order(order)
+    check_target(target)
+    check_count(n, "n")
+    check_count(faithfulness_n, "faithfulness_n")
+    timings: dict[str, float] = {}
+    name = layer_name(run.model, layer)
+    ds, classes = run.dataset, run.classes
+
+    t0 = time.perf_counter()
+    idx = select_misclassified(logits, labels, n, order, seed)
+    probs_all = logits[idx].float().softmax(1)
+    preds, probs, y = probs_all.argmax(1), probs_all.amax(1), labels[idx]
+    images = ds.test_x[idx]  # (n, C, H, W) uint8
+    gallery = plot_misclassified(images, y, preds, probs, classes) if idx.numel() else None
+    timings["gallery"] = time.perf_counter() - t0
+
+    cams: dict[str, Tensor] = {}
+    gradcam_fig = guided_fig = None
+    faith: dict[str, dict[str, float]] = {}
+    if idx.numel():
+        t0 = time.perf_counter()
+        x = run.normalize(images.to(run.device))
+        targets = _cam_targets(target, preds.to(run.device), y.to(run.device))
+        res = grad_cam_targets(run.model, x, targets, layer=layer)
+        cams = {k: v.cpu() for k, v in res.maps.items()}
+        timings["grad-cam"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        gradcam_fig = plot_gradcam(images, cams, y, preds, probs, classes)
+        timings["grad-cam plot"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        faith.update(_faithfulness(run, x, cams, {k: v.cpu() for k, v in targets.items()}, res.grid, "gallery", seed))
+        timings["deletion test (gallery)"] = time.perf_counter() - t0
+        if guided:
+            t0 = time.perf_counter()
+            attr = guided_grad_cam(run.model, x, preds, layer=layer).cpu()  # (n, C, H, W)
+            # signed attributions shown as colour around mid-grey, each image scaled to its own largest |value|
+            scale = attr.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            vis = ((attr / scale) * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
+            titles = [f"guided Grad-CAM\npred: {classes[int(p)]}" for p in preds]
+            guided_fig = plot_image_grid(vis, titles, ncols=5)
+            timings["guided grad-cam"] = time.perf_counter() - t0
+
+    if faithfulness_n:
+        # The gallery is the model's worst cases; a random sample shows how faithful the maps are in general.
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(seed)
+        sample = torch.randperm(labels.numel(), generator=g)[:faithfulness_n]
+        xs = run.normalize(ds.test_x[sample].to(run.device))
+        sample_targets = {"predicted": logits[sample].argmax(1).to(run.device)}
+        sample_res = grad_cam_targets(run.model, xs, sample_targets, layer=layer)
+        faith.update(_faithfulness(run, xs, sample_res.maps, sample_targets, sample_res.grid, "random test images", seed))
+        timings["deletion test (sample)"] = time.perf_counter() - t0
+    return Explanation(
+        indices=idx, labels=y, preds=preds, probs=probs, order=order, layer=name, cams=cams, faithfulness=faith,
+        gallery=gallery, gradcam=gradcam_fig, guided=guided_fig, timings=timings,
+    )
+
+
+@dataclass
+class ExplainResult:
+    """What `explain_run` wrote, and the numbers behind it."""
+
+    out_dir: Path
+    files: list[Path]
+    explanation: Explanation
+    timings: dict[str, float]
+
+
+def save_figure(fig: Figure, path: Path, dpi: int | None = None) -> Path:
+    fig.savefig(path, format="png", dpi=dpi or fig.dpi)
+    return path
+
+
+def explain_run(
+    run_dir: str | Path,
+    *,
+    n: int = 20,
+    target: str = "both",
+    layer: str | None = None,
+    order: str = "loss",
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    data_root: str | Path | None = None,
+    out: str | Path | None = None,
+    guided: bool = False,
+    faithfulness_n: int = FAITHFULNESS_SAMPLE,
+) -> ExplainResult:
+    """Misclassified gallery + Grad-CAM (predicted / actual / both) of a run, written to `out` (default RUN_DIR/explain).
+
+    Files: misclassified.png, gradcam.png, guided_gradcam.png (with `guided`) and explain.json (indices,
+    classes, probabilities, deletion-test numbers, timings).
+    """
+    check_order(order)
+    check_target(target)
+    started = time.perf_counter()
+    run = load_run(run_dir, checkpoint=checkpoint, device=device, data_root=data_root)
+    timings = dict(run.timings)
+    t0 = time.perf_counter()
+    logits, labels, cached = run.predictions()
+    timings["predictions (cached)" if cached else "predictions"] = time.perf_counter() - t0
+    ex = explain_loaded(run, logits, labels, n=n, order=order, target=target, layer=layer, seed=seed,
+                        faithfulness_n=faithfulness_n, guided=guided)
+    timings.update(ex.timings)
+    out_dir = Path(out) if out is not None else run.folder.run_dir / EXPLAIN_FOLDER
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    files = []
+    for fig, fname in ((ex.gallery, "misclassified.png"), (ex.gradcam, "gradcam.png"), (ex.guided, "guided_gradcam.png")):
+        if fig is not None:
+            files.append(save_figure(fig, out_dir / fname))
+    timings["write files"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+    classes = run.classes
+    info = {
+        "run_dir": str(run.folder.run_dir), "checkpoint": str(run.checkpoint), "checkpoint_epoch": run.checkpoint_epoch,
+        "order": order, "target": target, "layer": ex.layer,
+        "images": [
+            {"test_index": int(i), "true": classes[int(t)], "predicted": classes[int(p)], "p_predicted": round(float(q), 4)}
+            for i, t, p, q in zip(ex.indices, ex.labels, ex.preds, ex.probs)
+        ],
+        "faithfulness": ex.faithfulness, "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    atomic_write_text(out_dir / "explain.json", json.dumps(info, indent=1) + "\n")
+    files.append(out_dir / "explain.json")
+    return ExplainResult(out_dir=out_dir, files=files, explanation=ex, timings=timings)

@@ -1,0 +1,302 @@
+"""`vislab report`: one Markdown + one self-contained HTML page that explains a finished or interrupted run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..engine.checkpoint import atomic_write_text
+from ..explain import (
+    DELETE_FRACTION,
+    RANDOM_REPEATS,
+    check_count,
+    check_order,
+    check_target,
+    confusion_matrix,
+    most_confused,
+    per_class_accuracy,
+)
+from ..plots import (
+    denormalize,
+    plot_augmented,
+    plot_confusion_matrix,
+    plot_curves,
+    plot_lr,
+    plot_per_class_accuracy,
+)
+from ._explain import FAITHFULNESS_SAMPLE, Explanation, explain_loaded
+from ._render import Document
+from ._rundir import LoadedRun, RunFolder, load_run
+
+log = logging.getLogger(__name__)
+
+REPORT_MD, REPORT_HTML, REPORT_JSON, REPORT_IMAGES = "report.md", "report.html", "report.json", "report"
+PREVIEW_IMAGES = 16
+MOST_CONFUSED = 10
+SUMMARY_DEPTH = 2
+ORDER_WORDS = {"loss": "by loss, highest first (top losses)", "confidence": "by confidence in the wrong class, highest first", "random": "at random"}
+TARGET_WORDS = {"predicted": "the predicted class", "actual": "the actual class"}
+
+
+@dataclass
+class Report:
+    """Paths of the written report and the numbers shown in it (also saved as report.json)."""
+
+    markdown: Path
+    html: Path
+    numbers: dict[str, Any]
+    timings: dict[str, float]
+
+
+def _pct(v: float) -> str:
+    return f"{v:.2f}" if math.isfinite(v) else "n/a"
+
+
+def _metric_rows(folder: RunFolder) -> list[list[Any]]:
+    rows = []
+    for label, r in (("best", folder.best_row()), ("final", folder.final_row())):
+        if r:
+            rows.append([label, int(r["epoch"]), f"{r['train_loss']:.4f}", _pct(r["train_acc"]), f"{r['test_loss']:.4f}",
+                         _pct(r["test_acc"]), f"{r['lr']:.3g}" if r.get("lr") is not None else "", f"{r.get('seconds', 0.0):.1f}"])
+    return rows
+
+
+def _config_rows(run: LoadedRun, params: int) -> list[list[str]]:
+    c, ds = run.folder.config, run.dataset
+    a, m, o, s, t = c.augment, c.model, c.optim, c.sched, c.trainer
+    h, w = ds.image_size
+    aug = [f"pad {a.crop_pad} ({a.pad_mode}) + crop" if a.crop_pad else "", f"flip p={a.flip_p:g}" if a.flip_p else "",
+           f"rotate ±{a.rotate_deg:g}°" if a.rotate_deg else "", f"cutout {a.cutout_size}x{a.cutout_size} p={a.cutout_p:g}" if a.cutout_size else ""]
+    sched = s.name + (f", max_lr {s.max_lr if s.max_lr is not None else o.lr}, peak epoch {s.peak_epoch:g}, {s.anneal}" if s.name == "onecycle" else "")
+    return [
+        ["data", f"{ds.name} ({c.data.root or 'cache'}), {ds.train_x.shape[0]:,} train / {ds.test_x.shape[0]:,} test images, {h}x{w}, {ds.num_classes} classes"],
+        ["model", f"{m.name}, norm {m.norm}, width {m.width:g}" + (f", logit scale {m.logit_scale:g}" if m.logit_scale else "") + f", {params:,} parameters"],
+        ["optimizer", f"{o.name}, lr {o.lr}, weight decay {o.weight_decay:g}" + (f", momentum {o.momentum:g}" + (" nesterov" if o.nesterov else "") if o.name == "sgd" else "")
+         + (f", label smoothing {o.label_smoothing:g}" if o.label_smoothing else "")],
+        ["schedule", sched],
+        ["augmentation", f"{a.backend} backend: " + (", ".join(x for x in aug if x) or "none")],
+        ["trainer", f"{t.epochs} epochs, batch {t.batch_size}, precision {t.precision}, seed {t.seed}, best by {t.checkpoint_metric}"],
+    ]
+
+
+def _status(folder: RunFolder) -> str:
+    done, total = len(folder.history), folder.config.trainer.epochs
+    if folder.finished:
+        return f"finished ({done} of {total} epochs)"
+    return f"interrupted after {done} of {total} epochs"
+
+
+def _preview(run: LoadedRun, n: int, seed: int) -> Any:
+    from ..augment import TensorAugment
+    from ..run import augment_spec
+
+    ds = run.dataset
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(ds.train_x.shape[0], generator=g)[:n]
+    aug = TensorAugment(augment_spec(run.folder.config), ds.mean, ds.std)
+    return plot_augmented(denormalize(aug(ds.train_x[idx], g), ds.mean, ds.std), ds.train_y[idx], ds.classes, ncols=8)
+
+
+def _faithfulness_rows(ex: Explanation) -> list[list[Any]]:
+    rows = []
+    for key, d in ex.faithfulness.items():
+        images, target = key.split("/")
+        rows.append([images, TARGET_WORDS.get(target, target), d["images"], f"{d['p_orig']:.3f}", f"{d['cam_drop']:.3f}",
+                     f"{d['region_drop']:.3f}", f"{d['random_drop']:.3f}", f"{100 * d['win_rate']:.0f}%"])
+    return rows
+
+
+def make_report(
+    run_dir: str | Path,
+    *,
+    n: int = 20,
+    order: str = "loss",
+    target: str = "both",
+    layer: str | None = None,
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    data_root: str | Path | None = None,
+    dataset: Any = None,
+    preview: int = PREVIEW_IMAGES,
+    faithfulness_n: int = FAITHFULNESS_SAMPLE,
+) -> Report:
+    """Write report.md (PNGs in report/), a self-contained report.html and report.json into the run folder.
+
+    Sections: run status and metrics, config, model summary, curves, LR (and the LR range test when it ran),
+    augmented training images, per-class accuracy, confusion matrix and most-confused pairs, the misclassified
+    gallery, Grad-CAM for the predicted and the actual class, the deletion test and the time each stage took.
+    """
+    check_order(order)
+    check_target(target)
+    check_count(n, "n")
+    check_count(preview, "preview")
+    started = time.perf_counter()
+    run = load_run(run_dir, checkpoint=checkpoint, device=device, data_root=data_root, dataset=dataset)
+    folder, ds, classes = run.folder, run.dataset, run.classes
+    timings = dict(run.timings)
+
+    def stage(name: str, t0: float) -> None:
+        timings[name] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    logits, labels, cached = run.predictions()
+    stage("predictions (cached)" if cached else "predictions", t0)
+
+    t0 = time.perf_counter()
+    preds = logits.argmax(1)
+    cm = confusion_matrix(preds, labels, ds.num_classes)
+    acc = per_class_accuracy(cm)
+    overall = 100.0 * float((preds == labels).float().mean()) if labels.numel() else float("nan")
+    pairs = most_confused(cm, MOST_CONFUSED)
+    stage("confusion matrix", t0)
+
+    ex = explain_loaded(run, logits, labels, n=n, order=order, target=target, layer=layer, seed=seed, faithfulness_n=faithfulness_n)
+    timings.update(ex.timings)
+
+    doc = Document(f"vislab report: {folder.name}")
+    ckpt_epoch = f"epoch {run.checkpoint_epoch}" if run.checkpoint_epoch >= 0 else "epoch unknown"
+    doc.para(f"Run folder {folder.run_dir}; {_status(folder)}. Gallery, Grad-CAM and test-set numbers below come from "
+             f"checkpoints/{run.checkpoint.name} ({ckpt_epoch}). Written by vislab {__version__} on {datetime.now():%Y-%m-%d %H:%M}.")
+
+    t0 = time.perf_counter()
+    doc.heading("Metrics")
+    rows = _metric_rows(folder)
+    if rows:
+        doc.table(["", "epoch", "train loss", "train acc (%)", "test loss", "test acc (%)", "lr", "epoch seconds"], rows)
+    else:
+        doc.para("metrics.jsonl holds no finished epoch.", note=True)
+    facts = [f"test accuracy of {run.checkpoint.name} recomputed from the cached predictions: {_pct(overall)}% on {labels.numel():,} images"]
+    if folder.summary:
+        s = folder.summary
+        facts.append(f"training time {s.get('train_seconds', 0):.0f} s (wall {s.get('wall_seconds', 0):.0f} s) on {s.get('device_name', s.get('device', '?'))}, "
+                     f"{s.get('precision', '?')}, channels_last={s.get('channels_last', '?')}")
+    doc.para("; ".join(facts) + ".")
+
+    params = sum(p.numel() for p in run.model.parameters())
+    doc.heading("Configuration")
+    doc.table(["section", "settings"], _config_rows(run, params))
+    doc.code(folder.config_text, "config.yaml (resolved, loadable as a recipe)")
+
+    from ..models import model_summary
+
+    doc.heading("Model")
+    h, w = ds.image_size
+    doc.para(f"{folder.config.model.name}: {params:,} parameters; Grad-CAM layer: {ex.layer}.")
+    doc.code(model_summary(run.model, (1, ds.train_x.shape[1], h, w), depth=SUMMARY_DEPTH, device=run.device), "layer table (torchinfo)")
+    stage("summary tables", t0)
+
+    t0 = time.perf_counter()
+    doc.heading("Training curves")
+    if folder.history:
+        doc.image("curves.png", plot_curves(folder.history), "train and test loss and accuracy per epoch")
+    doc.heading("Learning rate", 3)
+    if folder.lr_steps:
+        doc.image("lr.png", plot_lr(folder.lr_steps, history=folder.history), "learning rate per optimizer step")
+    else:
+        doc.para("lr_steps.json is missing or empty.", note=True)
+    lr_png = folder.run_dir / "lr_find.png"
+    if lr_png.is_file() or folder.lr_find:
+        doc.heading("LR range test", 3)
+        chosen = (folder.lr_find or {}).get("chosen") if isinstance(folder.lr_find, dict) else None
+        if isinstance(chosen, dict) and chosen.get("lr") is not None:
+            doc.para(f"Suggested learning rate: {chosen['lr']:.3g} ({chosen.get('method', '?')}).")
+        elif isinstance(folder.lr_find, dict) and folder.lr_find.get("error"):
+            doc.para(f"No suggestion: {folder.lr_find['error']}", note=True)
+        if lr_png.is_file():
+            doc.image("lr_find.png", lr_png.read_bytes(), "LR range test")
+    stage("curves", t0)
+
+    if preview:
+        t0 = time.perf_counter()
+        doc.heading("What the model sees")
+        doc.para(f"{min(preview, ds.train_x.shape[0])} training images after the run's augmentation (tensor backend, seed {seed}), de-normalized.")
+        doc.image("augmented.png", _preview(run, preview, seed), "augmented training images")
+        stage("augmented preview", t0)
+
+    t0 = time.perf_counter()
+    doc.heading("Per-class accuracy")
+    correct, totals = cm.diag(), cm.sum(1)
+    doc.table(["class", "correct", "images", "accuracy (%)"],
+              [[c, int(k), int(m), _pct(float(a))] for c, k, m, a in zip(classes, correct, totals, acc)])
+    doc.image("per_class_accuracy.png", plot_per_class_accuracy(acc, classes), "per-class accuracy")
+    doc.heading("Confusion matrix")
+    doc.image("confusion_counts.png", plot_confusion_matrix(cm, classes), "confusion matrix, counts")
+    doc.image("confusion_normalized.png", plot_confusion_matrix(cm, classes, normalize=True), "confusion matrix, row-normalized")
+    doc.heading("Most confused pairs", 3)
+    if pairs:
+        doc.table(["true class", "predicted as", "images", "% of true class"],
+                  [[classes[t], classes[p], k, f"{100 * k / max(int(totals[t]), 1):.1f}"] for t, p, k in pairs])
+    else:
+        doc.para("No test image is misclassified.")
+    stage("class tables and matrices", t0)
+
+    t0 = time.perf_counter()
+    wrong = int((preds != labels).sum())
+    doc.heading("Misclassified images")
+    if ex.gallery is not None:
+        doc.para(f"{ex.indices.numel()} of {wrong:,} misclassified test images ({100 * wrong / max(labels.numel(), 1):.2f}%), "
+                 f"ordered {ORDER_WORDS[order]}; p is the probability the model gave its (wrong) prediction.")
+        doc.image("misclassified.png", ex.gallery, "misclassified test images")
+    else:
+        doc.para("No test image is misclassified: nothing to show." if wrong == 0 else "n = 0: gallery skipped.")
+    doc.heading("Grad-CAM: predicted vs actual class")
+    if ex.gradcam is not None:
+        doc.para(f"Grad-CAM at layer {ex.layer} for " + " and ".join(TARGET_WORDS[k] for k in ex.cams) + ", upsampled bilinearly "
+                 "to the image and blended over it (viridis: yellow = most attended, each map scaled to its own maximum).")
+        doc.image("gradcam.png", ex.gradcam, "Grad-CAM for the predicted and the actual class")
+    else:
+        doc.para("No gallery images, so no maps.", note=True)
+    doc.heading("Faithfulness of the Grad-CAM maps (deletion test)")
+    if ex.faithfulness:
+        pct = f"{100 * DELETE_FRACTION:.0f}%"
+        doc.para(f"Deletion test: for each image, the {pct} of pixels with the highest Grad-CAM value are set to the training-set "
+                 f"mean colour and the drop of the target class's probability is measured. Two baselines remove the same number "
+                 f"of pixels: a random region (the top {pct} of a random map drawn at the Grad-CAM grid and upsampled like it, "
+                 f"so it has the same blob shape) and random scattered pixels (which act like noise and hurt a CNN by "
+                 f"themselves, whatever they cover). Each baseline is the mean of {RANDOM_REPEATS} draws (seed {seed}). The maps "
+                 f"point at evidence the model uses when their drop clearly exceeds the random-region drop.")
+        doc.table(["images", "target", "n", "p(target) intact", f"drop, top-{pct} CAM removed", f"drop, random {pct} region",
+                   f"drop, random {pct} pixels", "CAM drop > region drop"], _faithfulness_rows(ex))
+    else:
+        doc.para("Not computed (no images).", note=True)
+    stage("gallery and grad-cam sections", t0)
+
+    md_path, html_path = folder.run_dir / REPORT_MD, folder.run_dir / REPORT_HTML
+    t0 = time.perf_counter()
+    doc.heading("Timings")
+    # The writing stage itself is measured after the table is drawn: it is reported in report.json and returned.
+    timings["total before writing"] = time.perf_counter() - started
+    doc.table(["stage", "seconds"], [[k, f"{v:.3f}"] for k, v in timings.items()])
+    doc.para("Writing report.md, report.html and the PNGs comes after this table; report.json holds that time and the total.", note=True)
+    doc.write(md_path, html_path, folder.run_dir / REPORT_IMAGES)
+    stage("write report", t0)
+    timings["total"] = time.perf_counter() - started
+
+    numbers = {
+        "run_dir": str(folder.run_dir), "checkpoint": str(run.checkpoint), "checkpoint_epoch": run.checkpoint_epoch,
+        "status": _status(folder), "test_acc": overall, "test_images": int(labels.numel()), "misclassified": wrong,
+        "best": folder.best_row(), "final": folder.final_row(),
+        "per_class_acc": {c: float(a) for c, a in zip(classes, acc)},
+        "most_confused": [{"true": classes[t], "predicted": classes[p], "images": k} for t, p, k in pairs],
+        "gallery": [{"test_index": int(i), "true": classes[int(t)], "predicted": classes[int(p)], "p_predicted": float(q)}
+                    for i, t, p, q in zip(ex.indices, ex.labels, ex.preds, ex.probs)],
+        "gradcam_layer": ex.layer, "faithfulness": ex.faithfulness, "predictions_cached": cached, "timings": timings,
+    }
+    atomic_write_text(folder.run_dir / REPORT_JSON, json.dumps(numbers, indent=1, default=str) + "\n")
+    log.info("report written: %s (%.1f s)", html_path, timings["total"])
+    return Report(markdown=md_path, html=html_path, numbers=numbers, timings=timings)
+
+
+def write_report(run_dir: str | Path, *, n: int = 20, **kwargs: Any) -> Path:
+    """`make_report` for callers that only need the path of report.md (e.g. the end of `vislab.train`)."""
+    return make_report(run_dir, n=n, **kwargs).markdown

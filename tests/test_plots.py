@@ -1,0 +1,156 @@
+"""Plots: every function draws into a given Axes or a new pyplot-free Figure, with readable labels and maps."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from vislab.augment import normalize
+from vislab.plots import (
+    HEATMAP_CMAP,
+    MATRIX_CMAP,
+    PALETTE,
+    denormalize,
+    overlay_heatmap,
+    plot_accuracy,
+    plot_augmented,
+    plot_compare,
+    plot_confusion_matrix,
+    plot_curves,
+    plot_gradcam,
+    plot_loss,
+    plot_lr,
+    plot_misclassified,
+    plot_per_class_accuracy,
+)
+
+CLASSES = ["cat", "dog", "ship"]
+HISTORY = [
+    {"epoch": e, "lr": 0.1 / e, "train_loss": 2.0 / e, "train_acc": 30.0 + 10 * e, "test_loss": 2.2 / e, "test_acc": 25.0 + 10 * e, "seconds": 1.0}
+    for e in (1, 2, 3)
+]
+
+
+def _images(n: int = 4, size: int = 8) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+def _texts(fig: Figure) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def _all_plots():
+    imgs = _images()
+    cams = {"predicted": torch.rand(4, 8, 8), "actual": torch.rand(4, 8, 8)}
+    labels, preds, probs = [0, 1, 2, 0], [1, 2, 0, 2], [0.9, 0.5, 0.7, 0.6]
+    cm = torch.tensor([[5, 1, 0], [2, 7, 1], [0, 0, 9]])
+    return {
+        "loss": lambda ax: plot_loss(HISTORY, ax),
+        "accuracy": lambda ax: plot_accuracy(HISTORY, ax),
+        "lr": lambda ax: plot_lr([0.01, 0.05, 0.1, 0.05, 0.01, 0.001], ax, history=HISTORY),
+        "confusion": lambda ax: plot_confusion_matrix(cm, CLASSES, ax),
+        "per_class": lambda ax: plot_per_class_accuracy([80.0, 70.0, 90.0], CLASSES, ax),
+        "misclassified": lambda ax: plot_misclassified(imgs, labels, preds, probs, CLASSES, ax),
+        "gradcam": lambda ax: plot_gradcam(imgs, cams, labels, preds, probs, CLASSES, ax),
+        "augmented": lambda ax: plot_augmented(imgs, labels, CLASSES, ax),
+    }
+
+
+@pytest.mark.parametrize("name", list(_all_plots()))
+def test_plot_returns_figure_and_draws_into_given_axes(name):
+    fn = _all_plots()[name]
+    fig = fn(None)
+    assert isinstance(fig, Figure) and fig.axes
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")  # renders headless, no pyplot backend involved
+    assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    host = Figure()
+    ax = host.add_subplot()
+    assert fn(ax) is host
+    assert ax.has_data() or ax.images or ax.texts
+
+
+def test_two_panel_plots_take_a_pair_of_axes():
+    host = Figure()
+    a, b = host.subplots(1, 2)
+    assert plot_curves(HISTORY, (a, b)) is host
+    assert a.get_title() == "loss" and b.get_title() == "accuracy"
+    assert plot_compare({"r1": HISTORY}, (a, b)) is host
+    fig = plot_curves(HISTORY)
+    assert len(fig.axes) == 2
+
+
+def test_curves_plot_the_history_values():
+    fig = plot_curves(HISTORY)
+    loss_ax, acc_ax = fig.axes
+    lines = {ln.get_label(): ln for ln in loss_ax.lines}
+    assert list(lines["test"].get_ydata()) == [r["test_loss"] for r in HISTORY]
+    assert list(lines["train"].get_xdata()) == [1.0, 2.0, 3.0]
+    assert [ln.get_ydata()[-1] for ln in acc_ax.lines] == [HISTORY[-1]["train_acc"], HISTORY[-1]["test_acc"]]
+    assert all(ln.get_color() in PALETTE for ln in loss_ax.lines)  # colour-blind-safe palette
+
+
+def test_lr_plot_per_step_and_log_scale_for_wide_ranges():
+    steps = [0.1] * 4 + [0.01] * 4 + [1e-5] * 4
+    fig = plot_lr(steps, history=[{"epoch": e, "lr": v} for e, v in ((1, 0.1), (2, 0.01), (3, 1e-5))])
+    ax = fig.axes[0]
+    per_step = next(ln for ln in ax.lines if ln.get_label() == "per step")
+    assert list(per_step.get_ydata()) == steps
+    ends = next(ln for ln in ax.lines if ln.get_label() == "epoch end")
+    assert list(ends.get_xdata()) == [4, 8, 12]
+    assert ax.get_yscale() == "log"
+    assert plot_lr([0.1, 0.2, 0.3]).axes[0].get_yscale() == "linear"
+
+
+def test_confusion_matrix_names_classes_and_uses_a_colour_blind_safe_map():
+    cm = torch.tensor([[5, 1, 0], [2, 7, 1], [0, 0, 9]])
+    fig = plot_confusion_matrix(cm, CLASSES)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == CLASSES
+    assert [t.get_text() for t in ax.get_yticklabels()] == CLASSES
+    assert ax.images[0].get_cmap().name == MATRIX_CMAP == "cividis"
+    assert {"5", "7", "9", "2"} <= set(_texts(fig))
+    norm = plot_confusion_matrix(cm, CLASSES, normalize=True)
+    assert "0.83" in _texts(norm) and "0.70" in _texts(norm)  # 5/6 and 7/10: rows sum to 1
+
+
+def test_gallery_titles_say_predicted_and_true_class():
+    fig = plot_misclassified(_images(2), torch.tensor([0, 2]), torch.tensor([1, 0]), torch.tensor([0.834, 0.5]), CLASSES)
+    assert _texts(fig) == ["pred: dog (p=0.83)\ntrue: cat", "pred: cat (p=0.50)\ntrue: ship"]
+
+
+def test_gradcam_plot_groups_each_image_with_its_maps():
+    cams = {"predicted": torch.rand(3, 8, 8), "actual": torch.rand(3, 8, 8)}
+    fig = plot_gradcam(_images(3), cams, [0, 1, 2], [1, 2, 0], [0.9, 0.8, 0.7], CLASSES)
+    texts = [t for t in _texts(fig)]
+    assert len(texts) == 9  # image + two maps per image
+    assert texts[1] == "CAM w.r.t. predicted\ndog" and texts[2] == "CAM w.r.t. actual\ncat"
+    assert texts[4] == "CAM w.r.t. predicted\nship" and texts[5] == "CAM w.r.t. actual\ndog"
+    assert len(fig.axes) == 2  # the mosaic and its colour bar
+
+
+def test_overlay_heatmap_blends_the_map_colours():
+    from matplotlib import colormaps
+
+    img = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    cam = torch.zeros(1, 4, 4)
+    cam[0, 1, 2] = 3.0  # the peak becomes the map's top colour; scale-free per image
+    out = overlay_heatmap(img, cam, alpha=1.0)
+    assert out.shape == (1, 3, 4, 4) and out.dtype == torch.uint8
+    top = np.round(np.array(colormaps[HEATMAP_CMAP](1.0)[:3]) * 255)
+    low = np.round(np.array(colormaps[HEATMAP_CMAP](0.0)[:3]) * 255)
+    assert out[0, :, 1, 2].tolist() == top.tolist() and out[0, :, 0, 0].tolist() == low.tolist()
+    half = overlay_heatmap(torch.full((1, 3, 4, 4), 200, dtype=torch.uint8), cam, alpha=0.5)
+    low_f = np.array(colormaps[HEATMAP_CMAP](0.0)[:3]) * 255
+    assert np.abs(half[0, :, 0, 0].numpy() - (0.5 * 200 + 0.5 * low_f)).max() <= 0.5 + 1e-4
+
+
+def test_denormalize_inverts_normalize():
+    x = _images(5, 6)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    assert torch.equal(denormalize(normalize(x, mean, std), mean, std), x)
