@@ -102,7 +102,7 @@ def test_train_writes_run_folder_and_learns(tiny_overrides, tmp_path):
     out = tmp_path / "run"
     run = vislab.train("quick", {**tiny_overrides, "trainer.epochs": 4, "optim.lr": 0.1, "sched.max_lr": 0.1}, out=out)
     assert run.run_dir == out
-    for f in ("config.yaml", "metrics.jsonl", "summary.json", "lr_steps.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "lr_steps.json", "checkpoints/last/model.safetensors", "checkpoints/best/state.pt"):
         assert (out / f).is_file(), f
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] == [r["epoch"] for r in run.history]
@@ -140,8 +140,8 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_overrides, tmp
         return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
 
     assert rows("part") == rows("full") and len(rows("full")) == 2
-    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["model"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last")["model"]
+    b = load_checkpoint(tmp_path / "part" / "checkpoints" / "last")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert full.history[-1]["test_acc"] == rows("part")[-1]["test_acc"]
 
@@ -149,7 +149,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_overrides, tmp
 def test_resume_drops_rows_without_checkpoint(tiny_overrides, tmp_path):
     out = tmp_path / "run"
     vislab.train("quick", {**tiny_overrides, "trainer.deterministic": True}, out=out, callbacks=[_StopAfter(1)])
-    # As if killed after metrics.jsonl got row 2 but before checkpoints/last.pt did.
+    # As if killed after metrics.jsonl got row 2 but before checkpoints/last did.
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 2, "test_acc": -1}) + "\n")
     run = vislab.train(resume=out)
@@ -159,7 +159,7 @@ def test_resume_drops_rows_without_checkpoint(tiny_overrides, tmp_path):
 def test_best_checkpoint_tracks_metric(tiny_overrides, tmp_path):
     out = tmp_path / "run"
     run = vislab.train("quick", {**tiny_overrides, "trainer.epochs": 3}, out=out)
-    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    best = load_checkpoint(out / "checkpoints" / "best")
     assert best["best_metric"] == max(r["test_acc"] for r in run.history)
     assert best["epoch"] == best["best_epoch"]
 

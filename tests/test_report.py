@@ -78,7 +78,7 @@ def test_report_has_every_section_and_self_contained_html(run_dir, tmp_path):
     # numbers the report states are the run's
     hist = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert f"| final | 2 | {hist[-1]['train_loss']:.4f} |" in md
-    assert "finished (2 of 2 epochs)" in md and "checkpoints/best.pt" in md
+    assert "finished (2 of 2 epochs)" in md and "checkpoints/best" in md
     numbers = json.loads((run / "report.json").read_text())
     assert numbers["test_images"] == 24 and set(numbers["per_class_acc"]) == {"alpha", "beta", "gamma"}
     assert set(numbers["faithfulness"]) == ({"gallery/predicted", "gallery/actual"} if numbers["misclassified"] else set()) | {"random test images/predicted"}
@@ -96,10 +96,10 @@ def test_predictions_are_cached_per_checkpoint(run_dir, tmp_path):
     second = make_report(run, n=2, faithfulness_n=0, preview=0)
     assert second.numbers["predictions_cached"] is True and "predictions (cached)" in second.timings
 
-    # A newer best.pt (here: the same run with a changed classifier) must not reuse the old logits.
-    state = load_checkpoint(run / "checkpoints" / "best.pt")
+    # A newer best checkpoint (here: the same run with a changed classifier) must not reuse the old logits.
+    state = load_checkpoint(run / "checkpoints" / "best")
     state["model"]["fc.weight"] = state["model"]["fc.weight"].flip(0)
-    save_checkpoint(run / "checkpoints" / "best.pt", state)
+    save_checkpoint(run / "checkpoints" / "best", state)
     third = make_report(run, n=2, faithfulness_n=0, preview=0)
     assert third.numbers["predictions_cached"] is False
     fresh = torch.load(run / PREDICTIONS_FILE, weights_only=True)["logits"]
@@ -108,13 +108,13 @@ def test_predictions_are_cached_per_checkpoint(run_dir, tmp_path):
 
 def test_interrupted_run_reports_from_last_checkpoint(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path / "run")
-    (run / "checkpoints" / "best.pt").unlink()
+    shutil.rmtree(run / "checkpoints" / "best")
     (run / "summary.json").unlink()
     rows = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text(rows[0] + "\n")
     path = write_report(run, n=3, faithfulness_n=8, preview=4)
     md = path.read_text()
-    assert path == run / "report.md" and "interrupted after 1 of 2 epochs" in md and "checkpoints/last.pt" in md
+    assert path == run / "report.md" and "interrupted after 1 of 2 epochs" in md and "checkpoints/last" in md
 
 
 def _cli(argv: list[str]) -> int:
@@ -197,5 +197,5 @@ def test_bad_input_is_a_clear_error(run_dir, tmp_path):
         explain_run(run_dir, target="neither", out=tmp_path / "x")
     empty = _copy(run_dir, tmp_path / "nockpt")
     shutil.rmtree(empty / "checkpoints")
-    with pytest.raises(VislabError, match="neither best.pt nor last.pt"):
+    with pytest.raises(VislabError, match="neither a best nor a last checkpoint"):
         make_report(empty)

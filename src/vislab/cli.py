@@ -1,4 +1,4 @@
-"""The `vislab` command line: train, lr-find, report, explain, compare, recipes, summary."""
+"""The `vislab` command line: train, lr-find, report, explain, compare, recipes, summary, bench."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import textwrap
 from typing import Sequence
 
 from . import __version__
-from .errors import VislabError
+from .errors import Interrupted, VislabError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -66,6 +66,25 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from .bench import BENCH_FILE, format_table, run_bench
+    from .run import setup_logging
+
+    setup_logging()
+    out = Path(args.out or f"runs/bench-{datetime.now():%Y%m%d-%H%M%S}")
+    report = run_bench(
+        out, size=args.size or ("quick" if args.quick else "full"), device=args.device, repeats=args.repeats, workers=args.workers,
+        compile_model=args.compile, recipes=not args.no_recipes, data_root=args.data_root,
+        command=" ".join(["vislab", *sys.argv[1:]]),
+    )
+    print(format_table(report))
+    print(out / BENCH_FILE)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vislab", description="Fast, tested image-classification experiments on CIFAR-10-class data.")
     p.add_argument("--version", action="version", version=f"vislab {__version__}")
@@ -103,6 +122,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--depth", type=int, default=3)
     s.set_defaults(func=_cmd_summary)
 
+    b = sub.add_parser(
+        "bench", help="benchmark vislab against the course-style pipeline",
+        description="Measure, side by side in one process: augmentation (tensor vs albumentations backend), training "
+        "(vislab engine vs a course-style DataLoader + albumentations + fp32 loop), the engine's overhead, evaluation, "
+        "Grad-CAM and the LR range test; on CUDA also the resnet9-onecycle and resnet18-bn recipes. Prints a table and "
+        "writes bench.json (medians of the repeats, ratios, machine, versions, load average).",
+    )
+    b.add_argument("--quick", action="store_true", help="fewer images, steps and repeats: a few minutes on a 2-core CPU")
+    b.add_argument("--out", help="output folder for bench.json (default: runs/bench-<YYYYmmdd-HHMMSS>)")
+    b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    b.add_argument("--repeats", type=int, help="timed repeats per figure, the median is reported (default: 3 quick, 5 full)")
+    b.add_argument("--workers", type=int, help="DataLoader workers of the albumentations and course pipelines (default: CPU count)")
+    b.add_argument("--compile", action="store_true", help="also time the vislab engine on a torch.compile'd model (slow start)")
+    b.add_argument("--no-recipes", action="store_true", help="on CUDA, skip training the resnet9-onecycle and resnet18-bn recipes")
+    b.add_argument("--data-root", help="CIFAR-10 for the CUDA recipe runs: an imagefolder root or a folder holding the archive")
+    b.add_argument("--size", choices=["full", "quick", "tiny"], help=argparse.SUPPRESS)  # "tiny": the tests' smoke size
+    b.set_defaults(func=_cmd_bench)
+
     from .report._cli import add_subcommands  # report, explain, compare
 
     add_subcommands(sub)
@@ -120,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VislabError as e:
         print(f"vislab: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        where = f" --resume {e.run_dir}" if getattr(e, "run_dir", None) else " --resume RUN_DIR"
+        print(f"vislab: {e}; the completed epochs are saved. Continue with: vislab train{where}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("vislab: interrupted", file=sys.stderr)
         return 130

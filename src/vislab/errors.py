@@ -11,3 +11,14 @@ class ConfigError(VislabError):
 
 class DataError(VislabError):
     """A data set that cannot be loaded; the message names the file or folder and how to fix it."""
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT / SIGTERM after finishing the step in progress (CLI exit 128 + signum)."""
+
+    def __init__(self, signum: int, epoch: int, step: int):
+        import signal
+
+        self.signum, self.epoch, self.step = signum, epoch, step
+        self.run_dir: str | None = None  # filled in by vislab.train
+        super().__init__(f"{signal.Signals(signum).name} received in epoch {epoch} after step {step}")

@@ -9,6 +9,7 @@ import platform
 import random
 import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,12 +34,13 @@ from .engine import (
     create_optimizer,
     create_scheduler,
     load_checkpoint,
+    checkpoint_exists,
     resolve_channels_last,
     resolve_device,
     resolve_precision,
 )
 from .engine.checkpoint import atomic_write_text, write_jsonl
-from .errors import ConfigError, VislabError
+from .errors import ConfigError, Interrupted, VislabError
 
 if TYPE_CHECKING:
     from .tuner import LRFinder
@@ -182,11 +184,17 @@ def _new_run_dir(out: str | Path | None, name: str, overwrite: bool) -> Path:
 
 
 def _check_writable(path: Path) -> None:
+    """Fail before any work if the run folder cannot be created (probe with a temp folder, removed at once)."""
     parent = path
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"Output folder {str(path)!r} cannot be created: {str(parent)!r} is not writable. Choose another --out.")
+    if not parent.is_dir():
+        raise ConfigError(f"Output folder {str(path)!r} cannot be created: {str(parent)!r} is a file, not a folder. Choose another --out.")
+    try:
+        probe = tempfile.mkdtemp(dir=parent, prefix=".vislab-probe-")
+        os.rmdir(probe)
+    except OSError as e:
+        raise ConfigError(f"Output folder {str(path)!r} cannot be created: {str(parent)!r} is not writable ({e.strerror}). Choose another --out.") from None
 
 
 def _versions() -> dict[str, str]:
@@ -222,6 +230,7 @@ def _summary(run_dir: Path, name: str, cfg: Config, trainer: Trainer, device, pr
     return {
         "recipe": name,
         "run_dir": str(run_dir),
+        "status": "finished" if trainer.epoch >= cfg.trainer.epochs else "stopped",
         "epochs_completed": trainer.epoch,
         "epochs": cfg.trainer.epochs,
         "best_metric": metric,
@@ -432,10 +441,13 @@ def train(
             callbacks=[MetricsLogger(run_dir / "metrics.jsonl"), LRMonitor(run_dir / "lr_steps.json"), Checkpointer(ckpt_dir, t.checkpoint_metric), *callbacks],
         )
         if resume is not None:
-            trainer.load_state_dict(load_checkpoint(ckpt_dir / "last.pt", map_location=device))
+            if checkpoint_exists(ckpt_dir / "last"):
+                trainer.load_state_dict(load_checkpoint(ckpt_dir / "last", map_location=device))
+                log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, t.epochs)
+            else:
+                log.info("resuming %s from the start: it stopped before its first epoch ended", run_dir)
             # Rows of an epoch whose checkpoint never landed are dropped: that epoch runs again.
             write_jsonl(run_dir / "metrics.jsonl", trainer.history)
-            log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, t.epochs)
         header = f"# vislab {__version__} resolved config of recipe {name!r}\n"
         if finder is not None:
             finder.save(run_dir)
@@ -447,7 +459,18 @@ def train(
             "run %s: %s on %s (%s, %s, channels_last=%s), %d train / %d test images",
             run_dir, cfg.model.name, ds.name, _device_name(device), precision.name, channels_last, ds.train_x.shape[0], ds.test_x.shape[0],
         )
-        trainer.fit()
+        trainer.interrupt_dir = ckpt_dir
+        try:
+            trainer.fit()
+        except Interrupted as e:
+            e.run_dir = str(run_dir)
+            # The run so far stays usable: summary and report of the completed epochs, then stop.
+            summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
+            summary["status"] = "interrupted"
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+            if t.report and trainer.history:
+                _write_report(run_dir, ds)
+            raise
 
     summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
     if finder is not None:

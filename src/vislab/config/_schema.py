@@ -69,7 +69,7 @@ class SchedConfig(_Section):
     name: Literal["onecycle", "plateau", "step", "cosine", "none"] = "onecycle"
     # OneCycle, stated in epochs and stepped per batch
     max_lr: Optional[LearningRate] = None  # peak LR (None: optim.lr; auto: from the LR range test)
-    peak_epoch: float = Field(5.0, ge=0.0)  # epoch at which the LR peaks (5 of 24 in the course)
+    peak_epoch: Optional[float] = Field(None, gt=0.0)  # epoch at which the LR peaks (5 of 24 in the course; None: 30% of the epochs)
     div_factor: float = Field(10.0, gt=0.0)  # start LR = max_lr / div_factor
     final_div_factor: float = Field(100.0, gt=0.0)  # final LR = start LR / final_div_factor
     anneal: Literal["linear", "cos"] = "linear"  # shape of both OneCycle phases
@@ -150,3 +150,10 @@ class Config(_Section):
     sched: SchedConfig = SchedConfig()
     trainer: TrainerConfig = TrainerConfig()
     lr_find: LRFindConfig = LRFindConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> "Config":
+        s, epochs = self.sched, self.trainer.epochs
+        if s.name == "onecycle" and s.peak_epoch is not None and not s.peak_epoch < epochs:
+            raise ValueError(f"sched.peak_epoch = {s.peak_epoch} must lie strictly between 0 and trainer.epochs = {epochs}")
+        return self

@@ -1,14 +1,14 @@
 """The training engine: loaders, loop, hooks, optimizers, schedulers and checkpoints."""
 
 from ._device import Precision, resolve_channels_last, resolve_device, resolve_precision
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from .hooks import Callback, Checkpointer, LRMonitor, MetricsLogger
 from .loaders import DeviceLoader
 from .optim import OPTIMIZERS, SCHEDULERS, Scheduler, create_optimizer, create_scheduler
 from .trainer import Trainer, TrainingDiverged, evaluate, train_one_epoch
 
 __all__ = [
-    "Callback", "Checkpointer", "DeviceLoader", "LRMonitor", "MetricsLogger", "OPTIMIZERS", "Precision",
+    "Callback", "checkpoint_exists", "Checkpointer", "DeviceLoader", "LRMonitor", "MetricsLogger", "OPTIMIZERS", "Precision",
     "SCHEDULERS", "Scheduler", "Trainer", "TrainingDiverged", "create_optimizer", "create_scheduler", "evaluate",
     "load_checkpoint", "resolve_channels_last", "resolve_device", "resolve_precision", "save_checkpoint",
     "train_one_epoch",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,17 +87,90 @@ def _python_rng_to_list(state: tuple) -> list:
     return [version, list(key), gauss]
 
 
+MODEL_FILE = "model.safetensors"  # weights: safetensors, a format that cannot carry code
+STATE_FILE = "state.pt"  # optimizer, scheduler, RNG, history: tensors and plain data only
+SUMS_FILE = "checksums.json"  # sha256 of both, to refuse truncated or altered files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    with atomic_open(path) as f:
-        torch.save(state, f)
+    """Write a checkpoint folder (model.safetensors, state.pt, checksums.json) atomically.
+
+    The folder is built under a temporary name and swapped in with renames; a kill between the
+    two renames leaves `.NAME.old`, which `load_checkpoint` falls back to. So at every moment a
+    complete checkpoint exists.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = path.with_name(f".{path.name}.old")
+    try:
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in state["model"].items()}
+        save_file(weights, str(tmp / MODEL_FILE))
+        with open(tmp / STATE_FILE, "wb") as f:
+            torch.save({k: v for k, v in state.items() if k != "model"}, f)
+        sums = {}
+        for name in (MODEL_FILE, STATE_FILE):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
+            sums[name] = _sha256(tmp / name)
+        with open(tmp / SUMS_FILE, "w") as f:
+            json.dump(sums, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if path.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def checkpoint_exists(path: str | Path) -> bool:
+    path = Path(path)
+    return (path / SUMS_FILE).is_file() or (path.with_name(f".{path.name}.old") / SUMS_FILE).is_file()
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint folder after checking its checksums; never runs pickled code."""
+    from safetensors.torch import load_file
+
     path = Path(path)
-    if not path.is_file():
-        raise VislabError(f"Checkpoint {str(path)!r} does not exist; a run folder holds checkpoints/last.pt once its first epoch has ended.")
+    if not (path / SUMS_FILE).is_file() and (path.with_name(f".{path.name}.old") / SUMS_FILE).is_file():
+        path = path.with_name(f".{path.name}.old")  # killed between the two renames of a save
+    if not path.is_dir():
+        raise VislabError(f"Checkpoint {str(path)!r} does not exist; a run folder holds checkpoints/last once its first epoch has ended.")
     try:
-        # weights_only=True: tensors and plain containers only, never arbitrary pickled objects.
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means the file is unusable
-        raise VislabError(f"Checkpoint {str(path)!r} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]}); it is truncated, corrupt or not a vislab checkpoint.") from None
+        sums = json.loads((path / SUMS_FILE).read_text())
+        for name in (MODEL_FILE, STATE_FILE):
+            if _sha256(path / name) != sums[name]:
+                raise VislabError(f"{name} does not match its checksum")
+        state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
+        state["model"] = load_file(str(path / MODEL_FILE), device=str(map_location))
+    except Exception as e:  # noqa: BLE001 - any failure means the checkpoint is unusable
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise VislabError(
+            f"Checkpoint {str(path)!r} is refused: {reason}. It is truncated, altered or not a vislab checkpoint; "
+            "nothing was loaded from it."
+        ) from None
+    return state

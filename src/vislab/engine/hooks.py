@@ -54,7 +54,7 @@ class LRMonitor(Callback):
 
 
 class Checkpointer(Callback):
-    """Saves `last.pt` after every epoch and `best.pt` whenever the chosen metric improves."""
+    """Saves `last` after every epoch and `best` whenever the chosen metric improves (checkpoint folders)."""
 
     def __init__(self, folder: str | Path, metric: str = "test_acc"):
         self.folder = Path(folder)
@@ -76,6 +76,6 @@ class Checkpointer(Callback):
             trainer.best_metric = value
             trainer.best_epoch = row["epoch"]
         state = trainer.state_dict()
-        save_checkpoint(self.folder / "last.pt", state)
+        save_checkpoint(self.folder / "last", state)
         if improved:
-            save_checkpoint(self.folder / "best.pt", state)
+            save_checkpoint(self.folder / "best", state)

@@ -73,7 +73,7 @@ def create_scheduler(
     epochs: int,
     steps_per_epoch: int,
     max_lr: float | None = None,
-    peak_epoch: float = 5.0,
+    peak_epoch: float | None = None,
     div_factor: float = 10.0,
     final_div_factor: float = 100.0,
     anneal: str = "linear",
@@ -91,6 +91,8 @@ def create_scheduler(
     if name == "none":
         return Scheduler(None, "epoch")
     if name == "onecycle":
+        if peak_epoch is None:
+            peak_epoch = 0.3 * epochs  # torch's default pct_start
         if not 0 < peak_epoch < epochs:
             raise ConfigError(f"sched.peak_epoch = {peak_epoch} must lie strictly between 0 and trainer.epochs = {epochs}.")
         peak = max_lr if max_lr is not None else optimizer.param_groups[0]["lr"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
+import signal
+import threading
 import time
 from typing import Any, Iterable, Sequence
 
@@ -11,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import VislabError
+from ..errors import Interrupted, VislabError
 from ._device import Precision
 from .checkpoint import rng_state, set_rng_state
 from .hooks import Callback
@@ -26,6 +28,27 @@ PROGRESS_INTERVAL = 0.5
 
 class TrainingDiverged(VislabError):
     """The loss became NaN or infinite."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: "Trainer"):
+    """SIGINT/SIGTERM ask the trainer to stop after the current step; a second SIGINT aborts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum, frame):
+        if trainer.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        trainer.stop_signal = signum
+        log.warning("%s received: stopping after the current step (Ctrl-C again to abort now)", signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
 
 
 def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
@@ -55,15 +78,22 @@ def train_one_epoch(
     callbacks: Sequence[Callback] = (),
     progress: bool = False,
     desc: str = "train",
+    stop_on_nonfinite: bool = True,
 ) -> dict[str, float]:
-    """One pass over `loader`; returns mean per-sample train loss, accuracy (%) and the LR of its last step."""
+    """One pass over `loader`; returns mean per-sample train loss, accuracy (%) and the LR of its last step.
+
+    A NaN/inf loss raises `TrainingDiverged` (checked twice a second and at the end, without a
+    host sync per step) unless `stop_on_nonfinite=False`, as the LR range test needs.
+    """
     model.train()
     # Sums stay on the device (no host sync per step) and become Python floats once per epoch;
     # they are detached, so no autograd graph is kept alive.
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # first step with a non-finite loss
     seen = 0
-    last_refresh = time.monotonic()
+    lrs: list[float] = []
+    last_check = last_refresh = time.monotonic()
     total = len(loader) if hasattr(loader, "__len__") else None
     bar = _progress(loader, total, desc, progress)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
@@ -92,6 +122,9 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step_batch()
         n = y.shape[0]
+        lrs.append(lr)
+        # Recorded on the device without a host sync; read back twice a second at most.
+        first_bad = torch.where(~torch.isfinite(loss.detach()) & (first_bad < 0), batch_idx, first_bad)
         loss_sum += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == y).sum()
         seen += n
@@ -100,15 +133,36 @@ def train_one_epoch(
             trainer.step_lr = lr
         for cb in callbacks:
             cb.on_batch_end(trainer, batch_idx, loss.detach())
-        if progress and time.monotonic() - last_refresh > PROGRESS_INTERVAL:
-            last_refresh = time.monotonic()
+        now = time.monotonic()
+        if now - last_check > PROGRESS_INTERVAL:
+            last_check = now
+            if stop_on_nonfinite:
+                _check_finite(first_bad, lrs, trainer)
+        if progress and now - last_refresh > PROGRESS_INTERVAL:
+            last_refresh = now
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}", lr=f"{lr:.2e}")
+        if trainer is not None and trainer.stop_signal is not None:
+            break
     bar.close()
+    if stop_on_nonfinite:
+        _check_finite(first_bad, lrs, trainer)
     if seen == 0:
         raise VislabError("The training loader produced no batch: the training set is smaller than trainer.batch_size with trainer.drop_last=true.")
     train_loss = loss_sum.item() / seen
     # The LR the last step used; the optimizer's current value is already the next step's.
     return {"train_loss": train_loss, "train_acc": 100.0 * correct.item() / seen, "lr": lr}
+
+
+def _check_finite(first_bad: torch.Tensor, lrs: list[float], trainer: "Trainer | None") -> None:
+    bad = int(first_bad.item())
+    if bad < 0:
+        return
+    epoch = trainer.epoch + 1 if trainer is not None else "?"
+    raise TrainingDiverged(
+        f"Training diverged in epoch {epoch} at step {bad + 1} of the epoch: the loss became NaN or infinite "
+        f"at learning rate {lrs[bad]:.3g}. Lower optim.lr (or sched.max_lr), or set optim.grad_clip (e.g. 1.0); "
+        f"the last good checkpoint (checkpoints/last) is kept."
+    )
 
 
 @torch.inference_mode()
@@ -194,12 +248,15 @@ class Trainer:
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
         self.should_stop = False  # a hook may set this to end training after the current epoch
+        self.stop_signal: int | None = None  # set by SIGINT/SIGTERM: stop after the current step
+        self.interrupt_dir = None  # where a checkpoint of an interrupted epoch goes (set by the caller)
 
     def fit(self) -> list[dict[str, Any]]:
         for cb in self.callbacks:
             cb.on_train_start(self)
-        while self.epoch < self.epochs and not self.should_stop:
-            self._run_epoch()
+        with _stop_on_signals(self):
+            while self.epoch < self.epochs and not self.should_stop:
+                self._run_epoch()
         for cb in self.callbacks:
             cb.on_train_end(self)
         return self.history
@@ -207,20 +264,26 @@ class Trainer:
     def _run_epoch(self) -> None:
         epoch = self.epoch + 1
         start = time.perf_counter()
-        train = train_one_epoch(
-            self.forward_model, self.train_loader, self.optimizer,
-            device=self.device, precision=self.precision, scheduler=self.scheduler, scaler=self.scaler,
-            label_smoothing=self.label_smoothing, l1=self.l1, grad_clip=self.grad_clip,
-            channels_last=self.channels_last, trainer=self, callbacks=self.callbacks,
-            progress=self.progress, desc=f"epoch {epoch}/{self.epochs}",
-        )
-        if not math.isfinite(train["train_loss"]):
-            raise TrainingDiverged(
-                f"Training diverged in epoch {epoch} (step {self.global_step}): the loss became "
-                f"{train['train_loss']} at learning rate {self.step_lr:.3g}. Lower optim.lr (or sched.max_lr), "
-                f"or set optim.grad_clip (e.g. 1.0); the last good checkpoint is kept."
+        step0 = self.global_step
+        try:
+            train = train_one_epoch(
+                self.forward_model, self.train_loader, self.optimizer,
+                device=self.device, precision=self.precision, scheduler=self.scheduler, scaler=self.scaler,
+                label_smoothing=self.label_smoothing, l1=self.l1, grad_clip=self.grad_clip,
+                channels_last=self.channels_last, trainer=self, callbacks=self.callbacks,
+                progress=self.progress, desc=f"epoch {epoch}/{self.epochs}",
             )
-        test = evaluate(self.forward_model, self.test_loader, device=self.device, precision=self.precision, channels_last=self.channels_last)
+            if self.stop_signal is not None:
+                self._save_interrupted()
+                raise Interrupted(self.stop_signal, epoch, self.global_step - step0)
+            test = evaluate(self.forward_model, self.test_loader, device=self.device, precision=self.precision, channels_last=self.channels_last)
+        except torch.OutOfMemoryError:
+            bs = getattr(self.train_loader, "batch_size", "?")
+            raise VislabError(
+                f"Out of {self.device.type.upper()} memory in epoch {epoch} (step {self.global_step - step0 + 1}) with "
+                f"trainer.batch_size = {bs}. Lower trainer.batch_size (e.g. to {bs // 2 if isinstance(bs, int) else 'half'}), "
+                f"use trainer.precision=bf16, or a smaller model.width; the last good checkpoint is kept."
+            ) from None
         self.scheduler.step_epoch({**train, **test})
         self.epoch = epoch
         row = {
@@ -239,6 +302,14 @@ class Trainer:
         )
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
+
+    def _save_interrupted(self) -> None:
+        # The weights at the moment of the interrupt, for inspection or export. `--resume`
+        # continues from `last` (the end of the last complete epoch), which is exact.
+        if self.interrupt_dir is not None:
+            from .checkpoint import save_checkpoint
+
+            save_checkpoint(self.interrupt_dir / "interrupted", self.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         return {

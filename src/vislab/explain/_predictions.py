@@ -57,10 +57,11 @@ def predict(
 
 
 def checkpoint_key(path: str | Path, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What the cached predictions depend on: the checkpoint file (name, size, mtime) and its epoch/step."""
+    """What the cached predictions depend on: the checkpoint (name and content checksums) and its epoch/step."""
     path = Path(path)
-    st = path.stat()
-    key: dict[str, Any] = {"checkpoint": path.name, "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    sums = path / "checksums.json"
+    digest = sums.read_text() if sums.is_file() else f"{path.stat().st_size}:{path.stat().st_mtime_ns}"
+    key: dict[str, Any] = {"checkpoint": path.name, "content": digest}
     if checkpoint is not None:
         key["epoch"] = int(checkpoint.get("epoch", -1))
         key["global_step"] = int(checkpoint.get("global_step", -1))

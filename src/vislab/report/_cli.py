@@ -16,7 +16,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--order", choices=ORDERS, default="loss", help="gallery order: loss (top losses), confidence, random (default loss)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random order, samples and masks (default 0)")
     p.add_argument("--layer", metavar="NAME", help="Grad-CAM layer, a dotted module name (default: the model's registered layer)")
-    p.add_argument("--checkpoint", metavar="best|last|PATH", help="checkpoint to explain (default: best.pt, else last.pt)")
+    p.add_argument("--checkpoint", metavar="best|last|PATH", help="checkpoint to explain (default: best, else last)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--data-root", metavar="DIR", help="data folder, when the run's data.root does not resolve from here")
 

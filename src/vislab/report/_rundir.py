@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from ..config import Config, load_config
 from ..engine import (
     Precision,
+    checkpoint_exists,
     load_checkpoint,
     resolve_channels_last,
     resolve_device,
@@ -100,19 +101,19 @@ def read_run(run_dir: str | Path) -> RunFolder:
 
 
 def find_checkpoint(run_dir: Path, checkpoint: str | Path | None = None) -> Path:
-    """`best.pt` when present, else `last.pt` (an interrupted run may have only that); or the one asked for."""
+    """`best` when present, else `last` (an interrupted run may have only that); or the one asked for."""
     folder = run_dir / "checkpoints"
     if checkpoint is None:
         for name in CHECKPOINTS:
-            if (folder / f"{name}.pt").is_file():
-                return folder / f"{name}.pt"
+            if checkpoint_exists(folder / name):
+                return folder / name
         raise VislabError(
-            f"{str(folder)!r} holds neither best.pt nor last.pt: the run stopped before its first epoch ended, so there is "
+            f"{str(folder)!r} holds neither a best nor a last checkpoint: the run stopped before its first epoch ended, so there is "
             "no model to explain. Train it again (or `vislab train --resume`) for at least one epoch."
         )
-    path = folder / f"{checkpoint}.pt" if checkpoint in CHECKPOINTS else Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint = {str(checkpoint)!r}: {str(path)!r} does not exist; use best, last or the path of a .pt file.")
+    path = folder / str(checkpoint) if checkpoint in CHECKPOINTS else Path(checkpoint)
+    if not checkpoint_exists(path):
+        raise ConfigError(f"checkpoint = {str(checkpoint)!r}: {str(path)!r} is not a checkpoint folder; use best, last or the path of a checkpoint folder.")
     return path
 
 

@@ -325,7 +325,7 @@ class LRFinder:
                 self.model, _Feed(self.train_loader, self.optimizer, lrs, rec), self.optimizer,
                 device=self.device, precision=self.precision, scaler=scaler, label_smoothing=self.label_smoothing,
                 l1=self.l1, grad_clip=self.grad_clip, channels_last=self.channels_last, callbacks=[rec],
-                progress=self.progress, desc="lr-find",
+                progress=self.progress, desc="lr-find", stop_on_nonfinite=False,  # divergence is data here
             )
         finally:
             self._restore(saved)
