@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from typing import Sequence
@@ -18,6 +19,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise VislabError("Give either a recipe to start a new run or --resume RUN_DIR to continue one, not both.")
     overrides = [*args.set, "trainer.report=false"] if args.no_report else args.set
     run = train(args.recipe, overrides, out=args.out, resume=args.resume, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun, rank 0 speaks for the job
     best, final = run.summary.get("best") or {}, run.summary.get("final") or {}
     print(
         f"best test accuracy {best.get('test_acc', float('nan')):.2f}% (epoch {best.get('epoch')}), "
@@ -75,10 +78,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     setup_logging()
     out = Path(args.out or f"runs/bench-{datetime.now():%Y%m%d-%H%M%S}")
+    # The command as given, for bench.json (main() may be called with an argv other than sys.argv).
+    given = {"--quick": args.quick, "--out": args.out, "--device": None if args.device == "auto" else args.device, "--repeats": args.repeats,
+             "--workers": args.workers, "--compile": args.compile, "--no-recipes": args.no_recipes, "--data-root": args.data_root, "--size": args.size}
+    command = " ".join(["vislab bench", *(k if v is True else f"{k} {v}" for k, v in given.items() if v is not None and v is not False)])
     report = run_bench(
         out, size=args.size or ("quick" if args.quick else "full"), device=args.device, repeats=args.repeats, workers=args.workers,
         compile_model=args.compile, recipes=not args.no_recipes, data_root=args.data_root,
-        command=" ".join(["vislab", *sys.argv[1:]]),
+        command=command,
     )
     print(format_table(report))
     print(out / BENCH_FILE)

@@ -39,6 +39,7 @@ from .engine import (
     resolve_device,
     resolve_precision,
 )
+from .engine._dist import DistInfo, broadcast_object, init_distributed, launched_by_torchrun, shutdown
 from .engine.checkpoint import atomic_write_text, write_jsonl
 from .errors import ConfigError, Interrupted, VislabError
 
@@ -138,9 +139,14 @@ def augment_spec(cfg: Config):
     )
 
 
-def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, seed: int):
-    """(train_loader, test_loader, generator whose state drives all data randomness)."""
+def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, seed: int, dist: DistInfo = DistInfo()):
+    """(train_loader, test_loader, generator whose state drives all data randomness).
+
+    Under DDP every rank draws the same global order from the same seed and takes its share of
+    each global batch, so `trainer.batch_size` stays the global batch size.
+    """
     t = cfg.trainer
+    shard = dict(rank=dist.rank, world_size=dist.world_size)
     eval_bs = t.eval_batch_size or 2 * t.batch_size
     spec = augment_spec(cfg)
     if cfg.augment.backend == "tensor":
@@ -152,15 +158,16 @@ def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, se
         aug = TensorAugment(spec, ds.mean, ds.std, channels_last=channels_last)
         train_x, train_y = ds.train_x.to(device), ds.train_y.to(device)
         test_x, test_y = ds.test_x.to(device), ds.test_y.to(device)
-        train = DeviceLoader(train_x, train_y, t.batch_size, aug, shuffle=True, drop_last=t.drop_last, generator=gen)
-        test = DeviceLoader(test_x, test_y, eval_bs, lambda x, g: aug.normalize_only(x))
+        train = DeviceLoader(train_x, train_y, t.batch_size, aug, shuffle=True, drop_last=t.drop_last, generator=gen, **shard)
+        test = DeviceLoader(test_x, test_y, eval_bs, lambda x, g: aug.normalize_only(x), **shard)
         return train, test, gen
     from .augment import albumentations_loader
 
     pin = device.type == "cuda"
-    common = dict(num_workers=cfg.augment.workers, seed=seed, pin_memory=pin)
-    train = albumentations_loader(ds.train_x, ds.train_y, spec, ds.mean, ds.std, batch_size=t.batch_size, shuffle=True, train=True, drop_last=t.drop_last, **common)
-    test = albumentations_loader(ds.test_x, ds.test_y, spec, ds.mean, ds.std, batch_size=eval_bs, shuffle=False, train=False, **common)
+    common = dict(num_workers=cfg.augment.workers, seed=seed, pin_memory=pin, **shard)
+    per_rank, eval_per_rank = t.batch_size // dist.world_size, max(1, eval_bs // dist.world_size)
+    train = albumentations_loader(ds.train_x, ds.train_y, spec, ds.mean, ds.std, batch_size=per_rank, shuffle=True, train=True, drop_last=t.drop_last, **common)
+    test = albumentations_loader(ds.test_x, ds.test_y, spec, ds.mean, ds.std, batch_size=eval_per_rank, shuffle=False, train=False, **common)
     return train, test, getattr(train, "generator", None)
 
 
@@ -266,14 +273,17 @@ def _load_data(cfg: Config, dataset):
     return load_dataset(d.name, d.root, train_size=d.train_size, test_size=d.test_size, download=d.download, cache_dir=d.cache_dir, image_size=d.image_size)
 
 
-def _setup(cfg: Config, ds, device: torch.device, channels_last: bool):
+def _setup(cfg: Config, ds, device: torch.device, channels_last: bool, dist: DistInfo = DistInfo()):
     """Seeded model and loaders, exactly as training starts: (model, train_loader, test_loader, generator)."""
     t = cfg.trainer
     seed_everything(t.seed)
-    model = build_model(cfg, ds.num_classes).to(device)
+    model = build_model(cfg, ds.num_classes)
+    if dist.enabled and t.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_loader, test_loader, gen = build_loaders(cfg, ds, device, channels_last, t.seed)
+    train_loader, test_loader, gen = build_loaders(cfg, ds, device, channels_last, t.seed, dist)
     if len(train_loader) == 0:
         raise ConfigError(f"trainer.batch_size = {t.batch_size} is larger than the training set ({ds.train_x.shape[0]} images); lower it or set trainer.drop_last=false.")
     return model, train_loader, test_loader, gen
@@ -383,6 +393,7 @@ def train(
     overwrite: bool = False,
     callbacks: Sequence[Callback] = (),
     dataset=None,
+    distributed: bool | None = None,
 ) -> Run:
     """Train a recipe (name or YAML path) with `section.key` overrides; returns a `Run`.
 
@@ -392,6 +403,9 @@ def train(
     `optim.lr: auto` (or OneCycle's `sched.max_lr: auto`) the LR range test runs first, on the
     same model, data and precision; its chosen LR goes into the config and its sweep into
     lr_find.json / lr_find.png beside the run.
+
+    Launched by torchrun (`distributed=None` detects it; True requires it), each process trains
+    its share of every global batch with DistributedDataParallel; only rank 0 writes files.
     """
     started = time.perf_counter()
     setup_logging()
@@ -404,17 +418,30 @@ def train(
     if auto and resume is not None:
         raise ConfigError(f"{' and '.join(auto)} = auto cannot be combined with --resume: a resumed run keeps the LR stored in its config.yaml.")
     t = cfg.trainer
-    device = resolve_device(t.device)
+    dist = DistInfo()
+    if distributed or (distributed is None and launched_by_torchrun()):
+        if auto:
+            raise ConfigError(f"{' and '.join(auto)} = auto is not supported under torchrun (each rank would sweep on its own); run `vislab lr-find` first and set the LR it prints.")
+        dist, device = init_distributed(t.device)
+        if t.batch_size % dist.world_size:
+            raise ConfigError(f"trainer.batch_size = {t.batch_size} must be divisible by the {dist.world_size} processes of the torchrun job (it is the global batch size).")
+        if not dist.is_main:
+            logging.getLogger("vislab").setLevel(logging.WARNING)  # one log, from rank 0
+    else:
+        device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     channels_last = resolve_channels_last(t.channels_last, device)
 
     ds = _load_data(cfg, dataset)
     if resume is None:
-        run_dir = _new_run_dir(out, name, overwrite)
-        _check_writable(run_dir)
+        if dist.is_main:
+            run_dir = _new_run_dir(out, name, overwrite)
+            _check_writable(run_dir)
+        # Rank 0 names the folder (its clock and suffix choice); every rank writes nothing else.
+        run_dir = Path(broadcast_object(str(run_dir) if dist.is_main else None))
 
     with _determinism(t.deterministic, device):
-        model, train_loader, test_loader, gen = _setup(cfg, ds, device, channels_last)
+        model, train_loader, test_loader, gen = _setup(cfg, ds, device, channels_last, dist)
         finder = None
         if auto:
             # Model, RNG and data-order state are restored after the sweep: training then starts
@@ -429,17 +456,28 @@ def train(
             monitor=s.monitor, mode=s.mode, factor=s.factor, patience=s.patience, threshold=s.threshold,
             threshold_mode=s.threshold_mode, min_lr=s.min_lr, step_size=s.step_size, gamma=s.gamma,
         )
-        compiled = torch.compile(model) if t.compile else None
+        forward_model = model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Gradients are averaged over ranks: with equal shards that is the global-batch mean.
+            forward_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        compiled = torch.compile(forward_model) if t.compile else (forward_model if dist.enabled else None)
 
         # Only now, with config, data and model known good, does the run folder come to be.
         ckpt_dir = run_dir / "checkpoints"
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if dist.is_main:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+        files = [MetricsLogger(run_dir / "metrics.jsonl"), LRMonitor(run_dir / "lr_steps.json"), Checkpointer(ckpt_dir, t.checkpoint_metric)] if dist.is_main else []
         trainer = Trainer(
             model, optimizer, scheduler, train_loader=train_loader, test_loader=test_loader, epochs=t.epochs,
             device=device, precision=precision, channels_last=channels_last, label_smoothing=o.label_smoothing,
             l1=o.l1, grad_clip=o.grad_clip, progress=t.progress, generator=gen, compiled_model=compiled,
-            callbacks=[MetricsLogger(run_dir / "metrics.jsonl"), LRMonitor(run_dir / "lr_steps.json"), Checkpointer(ckpt_dir, t.checkpoint_metric), *callbacks],
+            callbacks=[*files, *callbacks],
         )
+        trainer.distributed = dist.enabled
+        if dist.enabled:
+            trainer.eval_model = model
         if resume is not None:
             if checkpoint_exists(ckpt_dir / "last"):
                 trainer.load_state_dict(load_checkpoint(ckpt_dir / "last", map_location=device))
@@ -447,19 +485,21 @@ def train(
             else:
                 log.info("resuming %s from the start: it stopped before its first epoch ended", run_dir)
             # Rows of an epoch whose checkpoint never landed are dropped: that epoch runs again.
-            write_jsonl(run_dir / "metrics.jsonl", trainer.history)
+            if dist.is_main:
+                write_jsonl(run_dir / "metrics.jsonl", trainer.history)
         header = f"# vislab {__version__} resolved config of recipe {name!r}\n"
         if finder is not None:
             finder.save(run_dir)
             sugg = finder.suggestions()
             for field_name in auto:
                 header += f"# {field_name}: auto -> {sugg['chosen']!r} (LR range test, {sugg['method']} suggestion; sweep in lr_find.json)\n"
-        atomic_write_text(run_dir / "config.yaml", header + config_to_yaml(cfg))
+        if dist.is_main:
+            atomic_write_text(run_dir / "config.yaml", header + config_to_yaml(cfg))
         log.info(
             "run %s: %s on %s (%s, %s, channels_last=%s), %d train / %d test images",
             run_dir, cfg.model.name, ds.name, _device_name(device), precision.name, channels_last, ds.train_x.shape[0], ds.test_x.shape[0],
         )
-        trainer.interrupt_dir = ckpt_dir
+        trainer.interrupt_dir = ckpt_dir if dist.is_main else None
         try:
             trainer.fit()
         except Interrupted as e:
@@ -472,6 +512,15 @@ def train(
                 _write_report(run_dir, ds)
             raise
 
+    if dist.enabled:
+        summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
+        summary["world_size"] = dist.world_size
+        if dist.is_main:
+            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        shutdown()
+        if dist.is_main and t.report:
+            _write_report(run_dir, ds)
+        return Run(run_dir=run_dir, config=cfg, model=model, history=trainer.history, summary=summary)
     summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
     if finder is not None:
         summary["lr_find"] = {"fields": auto, **finder.to_dict()["chosen"], "seconds": finder.results["seconds"]}

@@ -135,20 +135,26 @@ class AlbumentationsDataset(Dataset):
 class _SeededSampler(Sampler):
     """One epoch of (index, seed) pairs (or bare indices), all derived from `epoch_seed`."""
 
-    def __init__(self, n: int, shuffle: bool, with_seeds: bool, epoch_seed: int = 0):
+    def __init__(self, n: int, shuffle: bool, with_seeds: bool, epoch_seed: int = 0, rank: int = 0, world_size: int = 1, even: bool = False):
         self.n, self.shuffle, self.with_seeds = n, shuffle, with_seeds
         self.epoch_seed = epoch_seed
+        # Under DDP every rank draws the same global order and takes every world_size-th sample, so a
+        # rank's k-th batch is its share of global batch k. `even` drops the tail that would give
+        # ranks unequal step counts (training); evaluation keeps every sample.
+        self.rank, self.world_size = rank, world_size
+        self.total = n - n % world_size if even else n
 
     def __len__(self) -> int:
-        return self.n
+        return len(range(self.rank, self.total, self.world_size))
 
     def __iter__(self) -> Iterator[Any]:
         g = torch.Generator().manual_seed(self.epoch_seed)
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
-        if not self.with_seeds:
-            return iter(order.tolist())
-        seeds = torch.randint(0, _SEED_BOUND, (self.n,), generator=g)
-        return iter(zip(order.tolist(), seeds.tolist()))
+        seeds = torch.randint(0, _SEED_BOUND, (self.n,), generator=g) if self.with_seeds else None
+        mine = slice(self.rank, self.total, self.world_size)
+        if seeds is None:
+            return iter(order[mine].tolist())
+        return iter(zip(order[mine].tolist(), seeds[mine].tolist()))
 
 
 class _AlbumentationsLoader(DataLoader):
@@ -181,12 +187,15 @@ def albumentations_loader(
     seed: int = 0,
     drop_last: bool = False,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """Batches of (normalized float (B, C, H, W), int64 (B,)) augmented per sample in worker processes.
 
     Reproducible: `loader.generator` (seeded with `seed`) decides the order and each sample's augmentation
     seed, so two loaders with the same seed give identical batches for any num_workers, and saving and
-    restoring `loader.generator.get_state()` between epochs resumes exactly.
+    restoring `loader.generator.get_state()` between epochs resumes exactly. Under DDP, `rank` and
+    `world_size` shard every epoch's global order (`batch_size` is then the per-rank batch).
     """
     if x.ndim != 4:
         raise DataError(f"images must be shaped (N, C, H, W); got {tuple(x.shape)}.")
@@ -199,7 +208,7 @@ def albumentations_loader(
     compose = build_albumentations(spec, mean, std, train=train, image_size=(h, w))
     dataset = AlbumentationsDataset(x, y, compose)
     randomized = train and not spec.is_identity()
-    sampler = _SeededSampler(len(dataset), shuffle, with_seeds=randomized, epoch_seed=seed)
+    sampler = _SeededSampler(len(dataset), shuffle, with_seeds=randomized, epoch_seed=seed, rank=rank, world_size=world_size, even=train)
     generator = torch.Generator().manual_seed(seed)
     return _AlbumentationsLoader(
         dataset,

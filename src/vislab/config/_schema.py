@@ -110,6 +110,7 @@ class TrainerConfig(_Section):
     progress: bool = True  # per-step progress bar
     drop_last: bool = True  # drop the last incomplete training batch
     report: bool = True  # write report.md / report.html into the run folder at the end
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainerConfig":

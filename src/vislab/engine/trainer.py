@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import Interrupted, VislabError
 from ._device import Precision
+from ._dist import reduce_sums
 from .checkpoint import rng_state, set_rng_state
 from .hooks import Callback
 from .optim import Scheduler
@@ -33,8 +34,10 @@ class TrainingDiverged(VislabError):
 @contextlib.contextmanager
 def _stop_on_signals(trainer: "Trainer"):
     """SIGINT/SIGTERM ask the trainer to stop after the current step; a second SIGINT aborts at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be installed from the main thread
+    if threading.current_thread() is not threading.main_thread() or trainer.distributed:
+        # Handlers can only be installed from the main thread. Under torchrun, ranks would stop at
+        # different steps and wait on each other forever; torchrun ends the whole job instead.
+        yield
         return
 
     def handler(signum, frame):
@@ -146,11 +149,11 @@ def train_one_epoch(
     bar.close()
     if stop_on_nonfinite:
         _check_finite(first_bad, lrs, trainer)
+    loss_total, correct_total, seen = reduce_sums(loss_sum, correct, seen)  # over all ranks under DDP
     if seen == 0:
         raise VislabError("The training loader produced no batch: the training set is smaller than trainer.batch_size with trainer.drop_last=true.")
-    train_loss = loss_sum.item() / seen
     # The LR the last step used; the optimizer's current value is already the next step's.
-    return {"train_loss": train_loss, "train_acc": 100.0 * correct.item() / seen, "lr": lr}
+    return {"train_loss": loss_total / seen, "train_acc": 100.0 * correct_total / seen, "lr": lr}
 
 
 def _check_finite(first_bad: torch.Tensor, lrs: list[float], trainer: "Trainer | None") -> None:
@@ -191,9 +194,11 @@ def evaluate(
         correct += (logits.argmax(1) == y).sum()
         seen += y.shape[0]
     model.train(was_training)
+    # Under DDP each rank saw its shard of the test set: the sums cover the whole set.
+    loss_total, correct_total, seen = reduce_sums(loss_sum, correct, seen)
     if seen == 0:
         raise VislabError("The test loader produced no batch: the test set is empty.")
-    return {"test_loss": loss_sum.item() / seen, "test_acc": 100.0 * correct.item() / seen}
+    return {"test_loss": loss_total / seen, "test_acc": 100.0 * correct_total / seen}
 
 
 class Trainer:
@@ -225,6 +230,7 @@ class Trainer:
     ):
         self.model = model  # the module whose state is saved (never the compiled wrapper)
         self.forward_model = compiled_model if compiled_model is not None else model
+        self.eval_model = self.forward_model  # under DDP the bare model: evaluation needs no gradient sync
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
@@ -250,6 +256,7 @@ class Trainer:
         self.should_stop = False  # a hook may set this to end training after the current epoch
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM: stop after the current step
         self.interrupt_dir = None  # where a checkpoint of an interrupted epoch goes (set by the caller)
+        self.distributed = False  # set under torchrun: no graceful signal handling (see _stop_on_signals)
 
     def fit(self) -> list[dict[str, Any]]:
         for cb in self.callbacks:
@@ -276,7 +283,7 @@ class Trainer:
             if self.stop_signal is not None:
                 self._save_interrupted()
                 raise Interrupted(self.stop_signal, epoch, self.global_step - step0)
-            test = evaluate(self.forward_model, self.test_loader, device=self.device, precision=self.precision, channels_last=self.channels_last)
+            test = evaluate(self.eval_model, self.test_loader, device=self.device, precision=self.precision, channels_last=self.channels_last)
         except torch.OutOfMemoryError:
             bs = getattr(self.train_loader, "batch_size", "?")
             raise VislabError(

@@ -1,0 +1,101 @@
+"""DDP through torchrun on CPU (Gloo, 2 processes): same result as one process, rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import vislab
+from vislab.engine import DeviceLoader, evaluate, load_checkpoint, resolve_precision
+from vislab.run import build_model
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def ddp_overrides(tiny_overrides):
+    # GroupNorm (no cross-sample statistics), fp32, no augmentation: a 2-process step then computes
+    # the same mean gradient as a 1-process step over the same global batch.
+    return {
+        **tiny_overrides, "model.norm": "group", "model.groups": 4, "trainer.precision": "fp32",
+        "augment.crop_pad": 0, "augment.flip_p": 0.0, "data.test_size": 21, "trainer.eval_batch_size": 8,
+    }
+
+
+def _sets(overrides: dict) -> list[str]:
+    return [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+
+
+def _torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "vislab", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=ENV)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    ra, rb = _rows(a), _rows(b)
+    assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb]
+    for x, y in zip(ra, rb):
+        for k in ("lr", "train_loss", "train_acc", "test_loss", "test_acc"):
+            assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-5), k
+    wa, wb = load_checkpoint(a / "checkpoints" / "last")["model"], load_checkpoint(b / "checkpoints" / "last")["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_match_one_and_only_rank0_writes(ddp_overrides, tmp_path):
+    r = _torchrun(["train", "quick", *_sets(ddp_overrides), "--out", str(tmp_path / "two")], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = vislab.train("quick", ddp_overrides, out=tmp_path / "one").run_dir
+    _assert_same_run(tmp_path / "two", one)
+    # One run folder, one row per epoch, one printed folder (rank 0's).
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != "data" and p.name != "cache") == ["one", "two"]
+    assert len(_rows(tmp_path / "two")) == ddp_overrides["trainer.epochs"]
+    assert r.stdout.strip().splitlines().count(str(tmp_path / "two")) == 1
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_reported_accuracy_covers_the_whole_test_set(ddp_overrides, tmp_path):
+    ov = {**ddp_overrides, "trainer.epochs": 1, "optim.lr": 0.01, "sched.name": "none"}
+    r = _torchrun(["train", "quick", *_sets(ov), "--out", str(tmp_path / "two")], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _, cfg = vislab.load_config(tmp_path / "two" / "config.yaml")
+    ds = vislab.load_dataset("imagefolder", ov["data.root"], test_size=21, cache_dir=ov["data.cache_dir"])
+    model = build_model(cfg, ds.num_classes)
+    model.load_state_dict(load_checkpoint(tmp_path / "two" / "checkpoints" / "last")["model"])
+    from vislab.augment import TensorAugment
+    from vislab.run import augment_spec
+
+    aug = TensorAugment(augment_spec(cfg), ds.mean, ds.std)
+    loader = DeviceLoader(ds.test_x, ds.test_y, 5, lambda x, g: aug.normalize_only(x))
+    single = evaluate(model, loader, device=torch.device("cpu"), precision=resolve_precision("fp32", torch.device("cpu")))
+    row = _rows(tmp_path / "two")[-1]
+    # 21 test images split 11 / 10 between the ranks: the reduced figures are over all 21.
+    assert row["test_acc"] == pytest.approx(single["test_acc"]) and row["test_loss"] == pytest.approx(single["test_loss"], rel=1e-5)
+
+
+def test_resume_two_process_run_with_one_process(ddp_overrides, tmp_path):
+    ov = {**ddp_overrides, "sched.name": "step", "sched.step_size": 1, "sched.gamma": 0.5, "optim.lr": 0.05}
+    r = _torchrun(["train", "quick", *_sets({**ov, "trainer.epochs": 1}), "--out", str(tmp_path / "mixed")], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = vislab.train(resume=tmp_path / "mixed", overrides={"trainer.epochs": 2}).run_dir
+    one = vislab.train("quick", {**ov, "trainer.epochs": 2}, out=tmp_path / "one").run_dir
+    _assert_same_run(resumed, one)
+
+
+def test_batch_size_must_split_evenly(ddp_overrides, tmp_path):
+    r = _torchrun(["train", "quick", *_sets({**ddp_overrides, "trainer.batch_size": 15}), "--out", str(tmp_path / "odd")], cwd=tmp_path)
+    assert r.returncode != 0 and "divisible by the 2 processes" in r.stderr
+    assert not (tmp_path / "odd").exists()
