@@ -22,7 +22,7 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(BIN)/.installed
-	$(BIN)/python benchmarks/bench_augment.py $(ARGS)
+	$(BIN)/vislab bench --quick $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -1,0 +1,47 @@
+"""Benchmarks of vislab's fast path against the course-style pipeline, side by side (`vislab bench`)."""
+
+from ._course import course_evaluate, course_loader, course_train
+from ._suite import (
+    AUGMENT_SPEC,
+    BENCH_FILE,
+    RATIOS,
+    SIZES,
+    BenchSize,
+    Case,
+    bench_augment,
+    bench_engine_overhead,
+    bench_evaluate,
+    bench_grad_cam,
+    bench_lr_find,
+    bench_recipes,
+    bench_train,
+    compute_ratios,
+    engine_defaults,
+    format_table,
+    run_bench,
+    synthetic_data,
+)
+
+__all__ = [
+    "AUGMENT_SPEC",
+    "BENCH_FILE",
+    "RATIOS",
+    "SIZES",
+    "BenchSize",
+    "Case",
+    "bench_augment",
+    "bench_engine_overhead",
+    "bench_evaluate",
+    "bench_grad_cam",
+    "bench_lr_find",
+    "bench_recipes",
+    "bench_train",
+    "compute_ratios",
+    "course_evaluate",
+    "course_loader",
+    "course_train",
+    "engine_defaults",
+    "format_table",
+    "run_bench",
+    "synthetic_data",
+]

@@ -1,0 +1,199 @@
+"""Benchmark suite: bench.json structure, ratios, alternation, and what each side of a comparison really runs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import statistics
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from vislab.augment import TensorAugment
+from vislab.bench import (
+    AUGMENT_SPEC,
+    BENCH_FILE,
+    RATIOS,
+    SIZES,
+    _suite,
+    bench_recipes,
+    bench_train,
+    compute_ratios,
+    course_loader,
+    course_train,
+    engine_defaults,
+    format_table,
+    run_bench,
+    synthetic_data,
+)
+from vislab.cli import main
+from vislab.engine import DeviceLoader
+from vislab.errors import ConfigError
+from vislab.models import create_model
+
+CPU = torch.device("cpu")
+REQUIRED_RATIOS = ("augment_tensor_vs_albumentations", "train_resnet9_vislab_vs_course")
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory):
+    """One tiny run through the CLI: (bench.json as loaded, printed stdout)."""
+    out = tmp_path_factory.mktemp("bench") / "out"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        rc = main(["bench", "--size", "tiny", "--device", "cpu", "--workers", "0", "--out", str(out)])
+    assert rc == 0
+    return json.loads((out / BENCH_FILE).read_text()), stdout.getvalue()
+
+
+def test_bench_json_structure(tiny_bench):
+    report, _ = tiny_bench
+    for key in ("vislab", "date", "command", "machine", "device", "versions", "load_avg", "results", "ratios", "seconds"):
+        assert key in report
+    assert report["command"].startswith("vislab bench")
+    assert report["machine"]["cores"] >= 1 and report["machine"]["torch_threads"] >= 1
+    assert report["device"]["type"] == "cpu"
+    assert {"torch", "albumentations", "numpy"} <= set(report["versions"])
+    assert len(report["load_avg"]["before"]) == 3 and len(report["load_avg"]["after"]) == 3
+    preset = SIZES["tiny"]
+    expected = {"augment", "engine_overhead", "evaluate", "grad_cam", "lr_find", *(f"train_{c.model}" for c in preset.train)}
+    assert expected <= set(report["results"])
+    for key in expected:
+        r = report["results"][key]
+        assert r["unit"] in ("images/s", "s/step") and r["setup"]
+        for fig in r["figures"].values():
+            assert len(fig["runs"]) == preset.repeats
+            assert all(v > 0 for v in fig["runs"])
+            assert fig["median"] == pytest.approx(statistics.median(fig["runs"]))
+
+
+def test_ratios_are_quotients_of_the_medians(tiny_bench):
+    report, _ = tiny_bench
+    ratios, results = report["ratios"], report["results"]
+    assert set(REQUIRED_RATIOS) <= set(ratios)
+    for name, value in ratios.items():
+        key, num, den = RATIOS[name]
+        figs = results[key]["figures"]
+        assert value == pytest.approx(figs[num]["median"] / figs[den]["median"])
+    # No compiled variant was asked for, so its ratio is absent rather than made up.
+    assert "train_resnet9_compiled_vs_course" not in ratios
+
+
+def test_table_is_printed_with_every_measurement(tiny_bench):
+    report, stdout = tiny_bench
+    assert stdout == format_table(report) + "\n" + stdout.splitlines()[-1] + "\n"
+    assert stdout.splitlines()[-1].endswith(BENCH_FILE)
+    for label in ("augmentation", "train resnet9", "train resnet18", "engine overhead", "evaluate", "grad-cam", "lr range test"):
+        assert label in stdout
+    assert f"{report['ratios']['train_resnet9_vislab_vs_course']:.2f}x" in stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path")
+def test_recipes_are_skipped_without_cuda(tiny_bench):
+    report, stdout = tiny_bench
+    assert report["results"]["recipes"] == {"skipped": "no CUDA device"}
+    assert "skipped: no CUDA device" in stdout
+    assert bench_recipes(CPU, None) == {"skipped": "no CUDA device"}
+
+
+def test_variants_alternate_within_repeats():
+    calls = []
+    variants = {name: (lambda name=name: calls.append(name) or float(len(calls))) for name in ("a", "b")}
+    figures = _suite._side_by_side(variants, repeats=4)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert figures["a"]["runs"] == [1.0, 4.0, 5.0, 8.0] and figures["a"]["median"] == 4.5
+
+
+def test_compute_ratios_skips_missing_figures():
+    results = {"augment": {"figures": {"tensor": {"median": 9.0}, "albumentations": {"median": 3.0}}}}
+    assert compute_ratios(results) == {"augment_tensor_vs_albumentations": 3.0}
+
+
+def test_started_keeps_every_batch():
+    loader = DataLoader(list(range(10)), batch_size=3)
+    assert [b.tolist() for b in _suite._started(loader)] == [b.tolist() for b in loader]
+
+
+def test_bad_size_and_repeats_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="'huge'"):
+        run_bench(tmp_path, size="huge")
+    with pytest.raises(ConfigError, match="--repeats = 0"):
+        run_bench(tmp_path, size="tiny", repeats=0)
+    assert not (tmp_path / BENCH_FILE).exists()
+
+
+def _record_forward(model: torch.nn.Module, seen: list) -> None:
+    def hook(_mod, args):
+        x = args[0]
+        seen.append({
+            "autocast": torch.is_autocast_enabled("cpu"),
+            "autocast_dtype": torch.get_autocast_dtype("cpu"),
+            "dtype": x.dtype,
+            "channels_last": x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+        })
+
+    model.register_forward_pre_hook(hook)
+
+
+def test_course_baseline_is_dataloader_albumentations_fp32_plain_loop():
+    import albumentations as A
+
+    x, y, mean, std = synthetic_data(12)
+    loader = course_loader(x, y, AUGMENT_SPEC, mean, std, batch_size=4, num_workers=0)
+    assert type(loader) is DataLoader
+    assert isinstance(loader.dataset.transform, A.Compose)
+    names = [type(t).__name__ for t in loader.dataset.transform.transforms]
+    assert names[:4] == ["PadIfNeeded", "RandomCrop", "HorizontalFlip", "Rotate"] and "CoarseDropout" in names
+    torch.manual_seed(0)
+    model = create_model("resnet9", num_classes=10, width=0.125)
+    before = [p.detach().clone() for p in model.parameters()]
+    seen: list = []
+    _record_forward(model, seen)
+    out = course_train(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), CPU)
+    assert out["images"] == 12 and len(seen) == 3
+    assert all(not s["autocast"] and s["dtype"] == torch.float32 and not s["channels_last"] for s in seen)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it really trained
+
+
+def test_bench_train_runs_the_engine_with_defaults_and_the_course_side_without(monkeypatch):
+    precision, channels_last = engine_defaults(CPU)
+    engine_calls, course_calls = [], []
+    real_engine, real_course = _suite.train_one_epoch, _suite.course_train
+
+    def engine_spy(model, loader, optimizer, **kw):
+        seen: list = []
+        handle = model.register_forward_pre_hook(lambda _m, a: seen.append((torch.is_autocast_enabled("cpu"), a[0].is_contiguous(memory_format=torch.channels_last))))
+        try:
+            out = real_engine(model, loader, optimizer, **kw)
+        finally:
+            handle.remove()
+        engine_calls.append({"loader": loader, "seen": seen, **kw})
+        return out
+
+    def course_spy(model, batches, optimizer, device):
+        seen: list = []
+        handle = model.register_forward_pre_hook(lambda _m, a: seen.append((torch.is_autocast_enabled("cpu"), a[0].dtype, a[0].is_contiguous())))
+        try:
+            out = real_course(model, batches, optimizer, device)
+        finally:
+            handle.remove()
+        course_calls.append(seen)
+        return out
+
+    monkeypatch.setattr(_suite, "train_one_epoch", engine_spy)
+    monkeypatch.setattr(_suite, "course_train", course_spy)
+    case = SIZES["tiny"].train[0]
+    result = bench_train(case, device=CPU, repeats=1, workers=0)
+    assert set(result["figures"]) == {"vislab", "course"}
+    assert len(engine_calls) == 2 and len(course_calls) == 2  # warm-up + one timed repeat each
+    for call in engine_calls:
+        assert call["precision"] == precision and call["channels_last"] == channels_last
+        assert isinstance(call["loader"], DeviceLoader) and isinstance(call["loader"].transform, TensorAugment)
+        assert call["seen"] and all(s == (precision.dtype is not None, channels_last) for s in call["seen"])
+    timed = engine_calls[-1]
+    assert len(timed["loader"]) == case.steps and timed["loader"].batch_size == case.batch_size
+    assert sum(len(seen) for seen in course_calls) == 1 + case.steps
+    assert all(s == (False, torch.float32, True) for seen in course_calls for s in seen)
+    assert result["settings"]["precision"] == precision.name and result["settings"]["course_precision"] == "fp32"
