@@ -64,3 +64,14 @@ def _restore_torch_state():
     det = torch.are_deterministic_algorithms_enabled()
     yield
     torch.use_deterministic_algorithms(det)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a test module of tiny tensors: they gain nothing from a second thread,
+    and on a 2-core machine shared with other jobs a spinning 2-thread OpenMP pool ran small training
+    loops 50x slower (measured: 54 s vs 0.8 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

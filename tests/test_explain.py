@@ -31,14 +31,7 @@ SIZE, PATCH, HALF = 32, 8, 16
 CHECKER = 180.0 * ((torch.arange(PATCH)[:, None] + torch.arange(PATCH)) % 2)  # (PATCH, PATCH) pixel values 0 / 180
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors gain nothing from a second thread, and on a 2-core machine shared with other jobs a
-    # spinning 2-thread OpenMP pool made the 40 training steps below 50x slower (measured: 54 s vs 0.8 s).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _quadrant_data(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
