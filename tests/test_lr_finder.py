@@ -468,3 +468,13 @@ def test_auto_lr_config_is_validated():
     for bad, needle in [(["optim.lr=fast"], "optim.lr"), (["sched.name=step", "sched.max_lr=auto"], "sched.max_lr=auto"), (["lr_find.mode=cos"], "lr_find.mode"), (["lr_find.num_iter=5"], "lr_find.num_iter")]:
         with pytest.raises(ConfigError, match=needle):
             load_config("quick", bad)
+
+
+def test_steepest_ignores_descents_after_the_minimum():
+    from vislab.tuner.lr_finder import suggest
+
+    lrs = np.logspace(-6, 1, 40)
+    # Falls gently to a minimum at index 25, diverges, then drops sharply from a spike.
+    y = np.concatenate([np.linspace(5.0, 2.0, 26), [4.0, 7.0, 9.0, 3.5], np.linspace(3.4, 3.0, 10)])
+    s = suggest(lrs, y)
+    assert s["steepest"] <= lrs[25] and s["best_lr"] == lrs[25]

@@ -115,9 +115,11 @@ def suggest(lrs: Sequence[float], values: Sequence[float]) -> dict[str, Any]:
     if len(y) < MIN_POINTS:
         raise RangeTestError(f"A suggestion needs at least {MIN_POINTS} finite points, got {len(y)}.")
     slope = np.gradient(y, np.log10(lr))  # uneven spacing (linear sweeps) is handled by np.gradient
-    i_steep = int(np.argmin(slope))
-    i_valley = _valley_index(y)
     i_best = int(np.argmin(y))
+    # Only up to the lowest point: past it the loss is diverging, and a fall there is the curve
+    # recovering from a spike (seen on ResNet9 with Adam), not an LR to train with.
+    i_steep = int(np.argmin(slope[: i_best + 1]))
+    i_valley = _valley_index(y)
     fall = y[0] - y[i_best]
     i_low = i_best
     if fall > 0:
