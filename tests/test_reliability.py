@@ -295,3 +295,31 @@ def test_unwritable_output_folder(kind, tiny_overrides, tmp_path, capsys):
     assert main(["train", *sets, "--out", str(out)]) == 2
     assert "blocker" in _error_paragraph(capsys.readouterr().err)
     assert blocker.read_text() == "a file"
+
+
+@pytest.mark.parametrize("override", ["trainer.epochs=5", "model.width=0.5", "optim.name=adam", "trainer.checkpoint_metric=test_loss"])
+def test_resume_refuses_overrides_the_checkpoint_cannot_honour(finished_run, override, capsys):
+    before = (finished_run / "config.yaml").read_text()
+    assert main(["train", "--resume", str(finished_run), "--set", override]) == 2
+    assert override.split("=")[0] in _error_paragraph(capsys.readouterr().err)
+    assert (finished_run / "config.yaml").read_text() == before  # nothing rewritten
+
+
+def test_resume_of_broken_config_and_non_text_recipe(finished_run, tmp_path, capsys):
+    (finished_run / "config.yaml").write_text("trainer: [\n")
+    assert main(["train", "--resume", str(finished_run)]) == 2
+    assert "not valid YAML" in _error_paragraph(capsys.readouterr().err)
+    (finished_run / "config.yaml").write_text("- a\n- b\n")
+    assert main(["train", "--resume", str(finished_run)]) == 2
+    assert "mapping" in _error_paragraph(capsys.readouterr().err)
+    binary = tmp_path / "weights.yaml"
+    binary.write_bytes(bytes(range(128, 256)))
+    assert main(["train", str(binary)]) == 2
+    assert "UTF-8" in _error_paragraph(capsys.readouterr().err)
+
+
+def test_run_files_are_readable_by_others(finished_run):
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (finished_run / "metrics.jsonl", finished_run / "config.yaml", finished_run / "checkpoints" / "last"):
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~mask, path

@@ -23,7 +23,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0  # under torchrun, rank 0 speaks for the job
     best, final = run.summary.get("best") or {}, run.summary.get("final") or {}
     print(
-        f"best test accuracy {best.get('test_acc', float('nan')):.2f}% (epoch {best.get('epoch')}), "
+        f"best epoch by {run.summary.get('best_metric', 'test_acc')}: {best.get('epoch')} ({best.get('test_acc', float('nan')):.2f}% test accuracy), "
         f"final {final.get('test_acc', float('nan')):.2f}%, {run.summary['wall_seconds']:.0f} s on {run.summary['device_name']}"
     )
     print(run.run_dir)

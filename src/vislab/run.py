@@ -24,6 +24,7 @@ from torch import nn
 
 from . import __version__
 from .config import Config, apply_overrides, config_to_yaml, load_config, validate_config
+from .config._load import _read_yaml
 from .engine import (
     Callback,
     Checkpointer,
@@ -256,12 +257,36 @@ def _summary(run_dir: Path, name: str, cfg: Config, trainer: Trainer, device, pr
     }
 
 
+# What a resumed run may change: where and how it runs, never what it computes (the checkpoint's
+# model, optimizer and schedule state must fit the config). Epochs may grow only where the
+# schedule does not depend on the total length.
+RESUME_OVERRIDABLE = {
+    "trainer.progress", "trainer.report", "trainer.device", "trainer.compile", "trainer.eval_batch_size",
+    "data.root", "data.cache_dir", "data.download", "augment.workers",
+}
+
+
 def _resume_config(run_dir: Path, overrides) -> tuple[str, Config]:
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise VislabError(f"--resume {str(run_dir)!r}: no config.yaml there; give the folder of an earlier `vislab train` run.")
-    raw = yaml.safe_load(cfg_path.read_text()) or {}
-    return run_dir.name, validate_config(apply_overrides(raw, overrides), f"{cfg_path}")
+    try:
+        text = cfg_path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--resume {str(run_dir)!r}: config.yaml cannot be read ({e}).") from None
+    raw = _read_yaml(text, f"{cfg_path}")
+    cfg = validate_config(apply_overrides(raw, overrides), f"{cfg_path}")
+    if overrides:
+        keys = list(overrides) if isinstance(overrides, Mapping) else [o.partition("=")[0].strip() for o in overrides]
+        for key in (k if isinstance(k, str) else ".".join(k) for k in keys):
+            epochs_ok = key == "trainer.epochs" and cfg.sched.name in ("plateau", "step", "none")
+            if key not in RESUME_OVERRIDABLE and not epochs_ok:
+                raise ConfigError(
+                    f"--resume with --set {key}: a resumed run keeps the settings its checkpoint was made with. "
+                    f"Allowed on resume: {', '.join(sorted(RESUME_OVERRIDABLE))}, and trainer.epochs for the plateau, step "
+                    f"and none schedules; start a new run to change {key}."
+                )
+    return run_dir.name, cfg
 
 
 def _load_data(cfg: Config, dataset):
@@ -423,6 +448,8 @@ def train(
         if auto:
             raise ConfigError(f"{' and '.join(auto)} = auto is not supported under torchrun (each rank would sweep on its own); run `vislab lr-find` first and set the LR it prints.")
         dist, device = init_distributed(t.device)
+        if not t.drop_last:
+            raise ConfigError("trainer.drop_last = false is not supported under torchrun: a short last batch would split unevenly across the ranks.")
         if t.batch_size % dist.world_size:
             raise ConfigError(f"trainer.batch_size = {t.batch_size} must be divisible by the {dist.world_size} processes of the torchrun job (it is the global batch size).")
         if not dist.is_main:
@@ -480,7 +507,11 @@ def train(
             trainer.eval_model = model
         if resume is not None:
             if checkpoint_exists(ckpt_dir / "last"):
-                trainer.load_state_dict(load_checkpoint(ckpt_dir / "last", map_location=device))
+                state = load_checkpoint(ckpt_dir / "last", map_location=device)
+                try:
+                    trainer.load_state_dict(state)
+                except (RuntimeError, KeyError, ValueError) as e:
+                    raise VislabError(f"--resume {str(run_dir)!r}: the checkpoint does not fit the run's config.yaml ({str(e).splitlines()[0][:160]}); was config.yaml edited? Start a new run instead.") from None
                 log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, t.epochs)
             else:
                 log.info("resuming %s from the start: it stopped before its first epoch ended", run_dir)

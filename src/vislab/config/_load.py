@@ -63,6 +63,8 @@ def read_recipe(recipe: str | Path | None) -> tuple[str, dict[str, Any]]:
             text = path.read_text()
         except OSError as e:
             raise ConfigError(f"Config file {str(path)!r} cannot be read: {e.strerror}.") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"Config file {str(path)!r} is not a UTF-8 text file; give a YAML config or a recipe name.") from None
         return path.stem, _read_yaml(text, f"config file {str(path)!r}")
     raise ConfigError(f"Unknown recipe {str(recipe)!r}. Known recipes: {', '.join(sorted(files))}; or give the path of a YAML file.")
 

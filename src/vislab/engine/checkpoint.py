@@ -25,6 +25,7 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; run files are as readable as any other
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -33,6 +34,12 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -121,6 +128,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     old = path.with_name(f".{path.name}.old")
     try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         weights = {k: v.detach().to("cpu").contiguous() for k, v in state["model"].items()}
         save_file(weights, str(tmp / MODEL_FILE))
         with open(tmp / STATE_FILE, "wb") as f:

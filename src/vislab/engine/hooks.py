@@ -76,6 +76,7 @@ class Checkpointer(Callback):
             trainer.best_metric = value
             trainer.best_epoch = row["epoch"]
         state = trainer.state_dict()
-        save_checkpoint(self.folder / "last", state)
+        # best before last: a kill between the two must not leave `last` claiming a best that was never saved.
         if improved:
             save_checkpoint(self.folder / "best", state)
+        save_checkpoint(self.folder / "last", state)
