@@ -538,27 +538,25 @@ def train(
             # The run so far stays usable: summary and report of the completed epochs, then stop.
             summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
             summary["status"] = "interrupted"
-            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-            if t.report and trainer.history:
-                _write_report(run_dir, ds)
+            _finish(run_dir, summary, ds, dist, t.report and bool(trainer.history))
             raise
 
-    if dist.enabled:
-        summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
-        summary["world_size"] = dist.world_size
-        if dist.is_main:
-            atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        shutdown()
-        if dist.is_main and t.report:
-            _write_report(run_dir, ds)
-        return Run(run_dir=run_dir, config=cfg, model=model, history=trainer.history, summary=summary)
     summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
+    if dist.enabled:
+        summary["world_size"] = dist.world_size
     if finder is not None:
         summary["lr_find"] = {"fields": auto, **finder.to_dict()["chosen"], "seconds": finder.results["seconds"]}
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    if t.report:
-        _write_report(run_dir, ds)
+    _finish(run_dir, summary, ds, dist, t.report)
     return Run(run_dir=run_dir, config=cfg, model=model, history=trainer.history, summary=summary)
+
+
+def _finish(run_dir: Path, summary: dict[str, Any], ds, dist: DistInfo, report: bool) -> None:
+    """summary.json and the report, written by rank 0 only, after the process group is closed."""
+    if dist.is_main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    shutdown()  # a no-op outside torchrun
+    if dist.is_main and report:
+        _write_report(run_dir, ds)
 
 
 def _write_report(run_dir: Path, ds) -> None:
