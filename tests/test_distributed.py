@@ -21,14 +21,71 @@ pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distribut
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+# Every random augmentation on: a 2-process run matches a 1-process run only if each image of a
+# global batch gets the same crop, flip, angle and hole as in the 1-process run.
+AUGMENT_ON = {"augment.crop_pad": 2, "augment.flip_p": 0.5, "augment.rotate_deg": 10, "augment.cutout_size": 4}
+
+
 @pytest.fixture
 def ddp_overrides(tiny_overrides):
-    # GroupNorm (no cross-sample statistics), fp32, no augmentation: a 2-process step then computes
-    # the same mean gradient as a 1-process step over the same global batch.
+    # GroupNorm (no cross-sample statistics) and fp32: a 2-process step then computes the same mean
+    # gradient as a 1-process step over the same global batch.
     return {
-        **tiny_overrides, "model.norm": "group", "model.groups": 4, "trainer.precision": "fp32",
-        "augment.crop_pad": 0, "augment.flip_p": 0.0, "data.test_size": 21, "trainer.eval_batch_size": 8,
+        **tiny_overrides, **AUGMENT_ON, "model.norm": "group", "model.groups": 4, "trainer.precision": "fp32",
+        "data.test_size": 21, "trainer.eval_batch_size": 8,
     }
+
+
+def _interleave(shards: list[torch.Tensor]) -> torch.Tensor:
+    # Rank r holds positions r, r + N, r + 2N, ... of the global batch.
+    out = torch.empty((sum(len(s) for s in shards), *shards[0].shape[1:]), dtype=shards[0].dtype)
+    for r, s in enumerate(shards):
+        out[r :: len(shards)] = s
+    return out
+
+
+def _spec_and_data():
+    from vislab.augment import AugmentSpec
+
+    spec = AugmentSpec(crop_pad=2, flip_p=0.5, rotate_deg=10.0, cutout_size=(4, 4))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (40, 3, 12, 12), dtype=torch.uint8, generator=g)
+    return spec, x, torch.arange(40)
+
+
+def test_device_loader_shards_carry_the_one_process_augmentation():
+    from vislab.augment import TensorAugment
+
+    spec, x, y = _spec_and_data()
+    aug = TensorAugment(spec, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+    def batches(rank: int, world: int) -> list:
+        gen = torch.Generator().manual_seed(7)
+        return list(DeviceLoader(x, y, 8, aug, shuffle=True, drop_last=True, generator=gen, rank=rank, world_size=world))
+
+    one, r0, r1 = batches(0, 1), batches(0, 2), batches(1, 2)
+    assert len(one) == len(r0) == len(r1) == 5
+    for (xo, yo), (x0, y0), (x1, y1) in zip(one, r0, r1):
+        assert torch.equal(_interleave([y0, y1]), yo)
+        assert torch.equal(_interleave([x0, x1]), xo)
+        assert not torch.equal(x0, x1)  # the draws differ between ranks (they were equal before the fix)
+
+
+def test_albumentations_shards_carry_the_one_process_augmentation():
+    from vislab.augment import albumentations_loader
+
+    spec, x, y = _spec_and_data()
+
+    def batches(rank: int, world: int) -> list:
+        loader = albumentations_loader(x, y, spec, (0.5,) * 3, (0.25,) * 3, batch_size=8 // world, shuffle=True,
+                                       num_workers=0, seed=7, drop_last=True, rank=rank, world_size=world)
+        return list(loader)
+
+    one, r0, r1 = batches(0, 1), batches(0, 2), batches(1, 2)
+    assert len(one) == len(r0) == len(r1) == 5
+    for (xo, yo), (x0, y0), (x1, y1) in zip(one, r0, r1):
+        assert torch.equal(_interleave([y0, y1]), yo)
+        torch.testing.assert_close(_interleave([x0, x1]), xo)
 
 
 def _sets(overrides: dict) -> list[str]:

@@ -55,8 +55,16 @@ class DeviceLoader:
             order = torch.arange(n, device=self.x.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            if self.world_size > 1:
-                # Each rank takes an interleaved shard of the global batch; the global batch
-                # size stays what the config says.
-                idx = idx[self.rank :: self.world_size]
-            yield self.transform(self.x[idx], self.generator), self.y[idx]
+            if self.world_size == 1:
+                yield self.transform(self.x[idx], self.generator), self.y[idx]
+                continue
+            # Each rank takes an interleaved shard of the global batch; the global batch size stays
+            # what the config says. Every rank augments the WHOLE global batch and keeps its shard:
+            # the generator is in the same state on every rank, so augmenting only the shard would give
+            # the k-th image of every rank the same crop, flip, angle and hole. This way each image gets
+            # exactly the draw of a 1-process run, at the cost of (world_size - 1) x B extra augmented
+            # images per step, a few percent of one training step.
+            mine = slice(self.rank, None, self.world_size)
+            # clone: a strided slice is dense in neither memory format; keep the one the transform chose.
+            out = self.transform(self.x[idx], self.generator)[mine].clone(memory_format=torch.preserve_format)
+            yield out, self.y[idx][mine]
