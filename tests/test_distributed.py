@@ -156,3 +156,12 @@ def test_batch_size_must_split_evenly(ddp_overrides, tmp_path):
     r = _torchrun(["train", "quick", *_sets({**ddp_overrides, "trainer.batch_size": 15}), "--out", str(tmp_path / "odd")], cwd=tmp_path)
     assert r.returncode != 0 and "divisible by the 2 processes" in r.stderr
     assert not (tmp_path / "odd").exists()
+
+
+def test_sync_bn_on_cpu_is_refused_before_the_run_folder(ddp_overrides, tmp_path):
+    ov = {**ddp_overrides, "model.norm": "batch", "trainer.sync_bn": "true"}
+    r = _torchrun(["train", "quick", *_sets(ov), "--out", str(tmp_path / "sbn")], cwd=tmp_path)
+    assert r.returncode != 0
+    assert "trainer.sync_bn = true needs GPU processes" in r.stderr and "trains on cpu" in r.stderr
+    assert "SyncBatchNorm expected input" not in r.stderr  # torch's own mid-step error never reached
+    assert not (tmp_path / "sbn").exists()

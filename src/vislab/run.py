@@ -140,6 +140,10 @@ def augment_spec(cfg: Config):
     )
 
 
+# Devices whose tensors torch's SyncBatchNorm accepts during training.
+SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
+
+
 def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, seed: int, dist: DistInfo = DistInfo()):
     """(train_loader, test_loader, generator whose state drives all data randomness).
 
@@ -452,6 +456,14 @@ def train(
             raise ConfigError("trainer.drop_last = false is not supported under torchrun: a short last batch would split unevenly across the ranks.")
         if t.batch_size % dist.world_size:
             raise ConfigError(f"trainer.batch_size = {t.batch_size} must be divisible by the {dist.world_size} processes of the torchrun job (it is the global batch size).")
+        if t.sync_bn and device.type not in SYNC_BN_DEVICES:
+            # torch's SyncBatchNorm raises mid-step for any other device; refuse before a folder exists.
+            raise ConfigError(
+                f"trainer.sync_bn = true needs GPU processes (SyncBatchNorm runs on {', '.join(SYNC_BN_DEVICES)}), but this "
+                f"torchrun job trains on {device.type}. Set trainer.sync_bn=false: each process then normalizes with its "
+                f"own share of the batch ({t.batch_size // dist.world_size} images), or use a norm without batch "
+                "statistics (model.norm=group or layer)."
+            )
         if not dist.is_main:
             logging.getLogger("vislab").setLevel(logging.WARNING)  # one log, from rank 0
     else:
