@@ -35,6 +35,7 @@ from .engine import (
     create_optimizer,
     create_scheduler,
     load_checkpoint,
+    onecycle_peak_fraction,
     checkpoint_exists,
     resolve_channels_last,
     resolve_device,
@@ -332,7 +333,11 @@ def _range_test(cfg: Config, model: nn.Module, train_loader, test_loader, gen, d
     o, f = cfg.optim, cfg.lr_find
     suggestion = f.suggestion or ("onecycle" if cfg.sched.name == "onecycle" else "valley")
     # The sweep sets every step's LR itself; the optimizer's own LR is never used.
-    optimizer = create_optimizer(model, o.name, f.start_lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas)
+    momentum, betas = o.momentum, o.betas
+    if cfg.sched.name == "onecycle" and cfg.sched.cycle_momentum:
+        # The suggestion becomes OneCycle's peak LR, where OneCycle trains with base_momentum: sweep with that.
+        momentum, betas = cfg.sched.base_momentum, (cfg.sched.base_momentum, o.betas[1])
+    optimizer = create_optimizer(model, o.name, f.start_lr, weight_decay=o.weight_decay, momentum=momentum, nesterov=o.nesterov, betas=betas)
     finder = LRFinder(
         model, optimizer, train_loader, device=device, precision=precision, channels_last=channels_last, generator=gen,
         label_smoothing=o.label_smoothing, l1=o.l1, grad_clip=o.grad_clip, progress=cfg.trainer.progress, suggestion=suggestion,
@@ -481,6 +486,9 @@ def train(
 
     with _determinism(t.deterministic, device):
         model, train_loader, test_loader, gen = _setup(cfg, ds, device, channels_last, dist)
+        s = cfg.sched
+        if s.name == "onecycle":  # before a range test spends minutes: the schedule must fit the real step count
+            onecycle_peak_fraction(t.epochs, len(train_loader), s.peak_epoch, s.peak_fraction)
         finder = None
         if auto:
             # Model, RNG and data-order state are restored after the sweep: training then starts
@@ -491,7 +499,8 @@ def train(
         optimizer = create_optimizer(model, o.name, o.lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas)
         scheduler = create_scheduler(
             optimizer, s.name, epochs=t.epochs, steps_per_epoch=len(train_loader), max_lr=s.max_lr,
-            peak_epoch=s.peak_epoch, div_factor=s.div_factor, final_div_factor=s.final_div_factor, anneal=s.anneal,
+            peak_epoch=s.peak_epoch, peak_fraction=s.peak_fraction, div_factor=s.div_factor, final_div_factor=s.final_div_factor,
+            anneal=s.anneal, cycle_momentum=s.cycle_momentum, base_momentum=s.base_momentum, max_momentum=s.max_momentum,
             monitor=s.monitor, mode=s.mode, factor=s.factor, patience=s.patience, threshold=s.threshold,
             threshold_mode=s.threshold_mode, min_lr=s.min_lr, step_size=s.step_size, gamma=s.gamma,
         )

@@ -25,8 +25,12 @@ def list_recipes() -> list[str]:
     return sorted(_recipe_files())
 
 
-def recipe_info(name: str) -> dict[str, str]:
-    """The recipe's comment header: first line as title, the rest as description."""
+def recipe_info(name: str) -> dict[str, Any]:
+    """The recipe's comment header (first line as title, the rest as description), the course's
+    reference figure ("course", percent, or None for vislab's own recipes) and vislab's measured
+    result ("measured", an entry of results.json, or None until a run is recorded)."""
+    from ..results import course_reference, measured_result  # package data, read on demand
+
     text = _recipe_files()[name].read_text()
     lines = [ln[1:].strip() for ln in text.splitlines() if ln.startswith("#")]
     header: list[str] = []
@@ -34,7 +38,11 @@ def recipe_info(name: str) -> dict[str, str]:
         if not ln.startswith("#"):
             break
         header.append(ln[1:].strip())
-    return {"name": name, "title": header[0] if header else "", "description": " ".join(header[1:] or lines[1:])}
+    ref = course_reference(name)
+    return {
+        "name": name, "title": header[0] if header else "", "description": " ".join(header[1:] or lines[1:]),
+        "course": ref.final if ref else None, "measured": measured_result(name),
+    }
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
@@ -69,6 +77,10 @@ def read_recipe(recipe: str | Path | None) -> tuple[str, dict[str, Any]]:
     raise ConfigError(f"Unknown recipe {str(recipe)!r}. Known recipes: {', '.join(sorted(files))}; or give the path of a YAML file.")
 
 
+# (section, key) -> the key in the same section that states the same setting another way.
+ALTERNATIVE_KEYS = {("sched", "peak_epoch"): "peak_fraction", ("sched", "peak_fraction"): "peak_epoch"}
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """'optim.lr=0.1' -> (['optim', 'lr'], 0.1); values are parsed as YAML scalars/lists."""
     key, sep, raw = item.partition("=")
@@ -90,6 +102,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str] | Mapping[s
     if not overrides:
         return data
     items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    set_by_override: set[tuple[str, str]] = set()
     for key, value in items:
         parts = key.split(".") if isinstance(key, str) else list(key)
         if len(parts) != 2:
@@ -101,6 +114,12 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str] | Mapping[s
         if not isinstance(sec, dict):
             raise ConfigError(f"Config section {section!r} must be a mapping, got {sec!r}.")
         sec[field] = value
+        set_by_override.add((section, field))
+    for (section, field), other in ALTERNATIVE_KEYS.items():
+        # Two forms of one setting: an override of one replaces the recipe's other form, so
+        # `--set sched.peak_epoch=3` works on a recipe that states sched.peak_fraction.
+        if (section, field) in set_by_override and data[section][field] is not None and (section, other) not in set_by_override:
+            data[section].pop(other, None)
     return data
 
 

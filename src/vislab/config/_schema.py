@@ -69,10 +69,14 @@ class SchedConfig(_Section):
     name: Literal["onecycle", "plateau", "step", "cosine", "none"] = "onecycle"
     # OneCycle, stated in epochs and stepped per batch
     max_lr: Optional[LearningRate] = None  # peak LR (None: optim.lr; auto: from the LR range test)
-    peak_epoch: Optional[float] = Field(None, gt=0.0)  # epoch at which the LR peaks (5 of 24 in the course; None: 30% of the epochs)
+    peak_epoch: Optional[float] = Field(None, gt=0.0)  # epoch at which the LR peaks (5 of 24 in the course); fixed when the run is shortened
+    peak_fraction: Optional[float] = Field(None, gt=0.0, lt=1.0)  # or: the peak as a share of the run (torch's pct_start); None and no peak_epoch: 0.3
     div_factor: float = Field(10.0, gt=0.0)  # start LR = max_lr / div_factor
     final_div_factor: float = Field(100.0, gt=0.0)  # final LR = start LR / final_div_factor
     anneal: Literal["linear", "cos"] = "linear"  # shape of both OneCycle phases
+    cycle_momentum: bool = True  # OneCycle moves SGD momentum / Adam beta1 against the LR (torch's default); false keeps optim.momentum / betas[0]
+    base_momentum: float = Field(0.85, ge=0.0, lt=1.0)  # momentum at the peak LR when cycle_momentum
+    max_momentum: float = Field(0.95, ge=0.0, lt=1.0)  # momentum at the start and end when cycle_momentum
     # ReduceLROnPlateau, stepped per epoch on a test metric
     monitor: Literal["test_loss", "test_acc"] = "test_loss"
     mode: Literal["min", "max"] = "min"
@@ -87,6 +91,13 @@ class SchedConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "SchedConfig":
+        if self.peak_epoch is not None and self.peak_fraction is not None:
+            raise ValueError(
+                f"sched.peak_epoch = {self.peak_epoch:g} and sched.peak_fraction = {self.peak_fraction:g} both place the OneCycle "
+                "peak; set one of them to null"
+            )
+        if self.base_momentum > self.max_momentum:
+            raise ValueError(f"sched.base_momentum = {self.base_momentum:g} must not exceed sched.max_momentum = {self.max_momentum:g}")
         if self.max_lr == "auto" and self.name != "onecycle":
             raise ValueError(f"sched.max_lr=auto only applies to sched.name=onecycle (got {self.name}); use optim.lr=auto instead")
         if self.name == "plateau":
@@ -156,5 +167,9 @@ class Config(_Section):
     def _check(self) -> "Config":
         s, epochs = self.sched, self.trainer.epochs
         if s.name == "onecycle" and s.peak_epoch is not None and not s.peak_epoch < epochs:
-            raise ValueError(f"sched.peak_epoch = {s.peak_epoch} must lie strictly between 0 and trainer.epochs = {epochs}")
+            raise ValueError(
+                f"sched.peak_epoch = {s.peak_epoch:g} must lie strictly between 0 and trainer.epochs = {epochs}. To shorten a run and "
+                f"keep the schedule's shape, state the peak as a share of the run: --set sched.peak_epoch=null --set "
+                f"sched.peak_fraction=0.3 (torch's default), or give a sched.peak_epoch below {epochs}"
+            )
         return self

@@ -4,12 +4,12 @@ from ._device import Precision, resolve_channels_last, resolve_device, resolve_p
 from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from .hooks import Callback, Checkpointer, LRMonitor, MetricsLogger
 from .loaders import DeviceLoader
-from .optim import OPTIMIZERS, SCHEDULERS, Scheduler, create_optimizer, create_scheduler
+from .optim import OPTIMIZERS, SCHEDULERS, Scheduler, create_optimizer, create_scheduler, onecycle_peak_fraction
 from .trainer import Trainer, TrainingDiverged, evaluate, train_one_epoch
 
 __all__ = [
     "Callback", "checkpoint_exists", "Checkpointer", "DeviceLoader", "LRMonitor", "MetricsLogger", "OPTIMIZERS", "Precision",
-    "SCHEDULERS", "Scheduler", "Trainer", "TrainingDiverged", "create_optimizer", "create_scheduler", "evaluate",
+    "SCHEDULERS", "Scheduler", "Trainer", "TrainingDiverged", "create_optimizer", "create_scheduler", "onecycle_peak_fraction", "evaluate",
     "load_checkpoint", "resolve_channels_last", "resolve_device", "resolve_precision", "save_checkpoint",
     "train_one_epoch",
 ]

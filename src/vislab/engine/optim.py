@@ -66,6 +66,35 @@ class Scheduler:
             self.inner.load_state_dict(state)
 
 
+def onecycle_peak_fraction(epochs: int, steps_per_epoch: int, peak_epoch: float | None = None, peak_fraction: float | None = None) -> float:
+    """OneCycle's pct_start from a peak epoch or fraction (neither: 0.3, torch's default), checked against the real step count.
+
+    torch's OneCycleLR divides by (pct_start * total_steps - 1), so a peak at or before the first optimizer step
+    dies in a ZeroDivisionError (or runs a negative warm-up) instead of saying why.
+    """
+    if peak_epoch is not None and peak_fraction is not None:
+        raise ConfigError(f"sched.peak_epoch = {peak_epoch:g} and sched.peak_fraction = {peak_fraction:g} both place the OneCycle peak; set one of them to null.")
+    if peak_epoch is not None:
+        if not 0 < peak_epoch < epochs:
+            raise ConfigError(f"sched.peak_epoch = {peak_epoch:g} must lie strictly between 0 and trainer.epochs = {epochs}.")
+        pct, where = peak_epoch / epochs, f"sched.peak_epoch = {peak_epoch:g}"
+    else:
+        pct = 0.3 if peak_fraction is None else peak_fraction
+        where = f"sched.peak_fraction = {pct:g}" if peak_fraction is not None else "the default OneCycle peak (30% of the run)"
+        if not 0 < pct < 1:
+            raise ConfigError(f"sched.peak_fraction = {pct:g} must lie strictly between 0 and 1.")
+    total = epochs * steps_per_epoch
+    warmup = pct * total
+    if warmup <= 1 or total - warmup < 1:
+        raise ConfigError(
+            f"{where} puts the OneCycle peak at optimizer step {warmup:g} of {total} ({epochs} epoch(s) x {steps_per_epoch} "
+            f"step(s) after drop_last): the warm-up needs more than one step and the decay at least one. Train on more data "
+            f"or more epochs, lower trainer.batch_size, or move the peak (sched.peak_epoch / sched.peak_fraction); with so "
+            f"few steps sched.name=none or step may suit better."
+        )
+    return pct
+
+
 def create_scheduler(
     optimizer: torch.optim.Optimizer,
     name: str = "none",
@@ -74,9 +103,13 @@ def create_scheduler(
     steps_per_epoch: int,
     max_lr: float | None = None,
     peak_epoch: float | None = None,
+    peak_fraction: float | None = None,
     div_factor: float = 10.0,
     final_div_factor: float = 100.0,
     anneal: str = "linear",
+    cycle_momentum: bool = True,
+    base_momentum: float = 0.85,
+    max_momentum: float = 0.95,
     monitor: str = "test_loss",
     mode: str = "min",
     factor: float = 0.1,
@@ -91,20 +124,20 @@ def create_scheduler(
     if name == "none":
         return Scheduler(None, "epoch")
     if name == "onecycle":
-        if peak_epoch is None:
-            peak_epoch = 0.3 * epochs  # torch's default pct_start
-        if not 0 < peak_epoch < epochs:
-            raise ConfigError(f"sched.peak_epoch = {peak_epoch} must lie strictly between 0 and trainer.epochs = {epochs}.")
+        pct = onecycle_peak_fraction(epochs, steps_per_epoch, peak_epoch, peak_fraction)
         peak = max_lr if max_lr is not None else optimizer.param_groups[0]["lr"]
         inner = sched.OneCycleLR(
             optimizer,
             max_lr=peak,
             total_steps=epochs * steps_per_epoch,
-            pct_start=peak_epoch / epochs,
+            pct_start=pct,
             anneal_strategy=anneal,
             div_factor=div_factor,
             final_div_factor=final_div_factor,
             three_phase=False,
+            cycle_momentum=cycle_momentum,
+            base_momentum=base_momentum,
+            max_momentum=max_momentum,
         )
         return Scheduler(inner, "batch")
     if name == "plateau":

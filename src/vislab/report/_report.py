@@ -70,17 +70,33 @@ def _metric_rows(folder: RunFolder) -> list[list[Any]]:
     return rows
 
 
+def _peak(s, epochs: int) -> str:
+    if s.peak_epoch is not None:
+        return f"peak at epoch {s.peak_epoch:g} of {epochs}"
+    frac = 0.3 if s.peak_fraction is None else s.peak_fraction
+    return f"peak at {frac:.0%} of the run (epoch {frac * epochs:g} of {epochs})"
+
+
+def _momentum(o, s) -> str:
+    """The momentum (SGD) or beta1 (Adam/AdamW) training really used: OneCycle may cycle it and override the optimizer's."""
+    name = "momentum" if o.name == "sgd" else "beta1"
+    nesterov = " nesterov" if o.name == "sgd" and o.nesterov else ""
+    if s.name == "onecycle" and s.cycle_momentum:
+        return f"{name} cycled by OneCycle {s.max_momentum:g} -> {s.base_momentum:g} at the peak -> {s.max_momentum:g}{nesterov}"
+    return f"{name} {o.momentum if o.name == 'sgd' else o.betas[0]:g}{nesterov}"
+
+
 def _config_rows(run: LoadedRun, params: int) -> list[list[str]]:
     c, ds = run.folder.config, run.dataset
     a, m, o, s, t = c.augment, c.model, c.optim, c.sched, c.trainer
     h, w = ds.image_size
     aug = [f"pad {a.crop_pad} ({a.pad_mode}) + crop" if a.crop_pad else "", f"flip p={a.flip_p:g}" if a.flip_p else "",
            f"rotate ±{a.rotate_deg:g}°" if a.rotate_deg else "", f"cutout {a.cutout_size}x{a.cutout_size} p={a.cutout_p:g}" if a.cutout_size else ""]
-    sched = s.name + (f", max_lr {s.max_lr if s.max_lr is not None else o.lr}, peak epoch {s.peak_epoch:g}, {s.anneal}" if s.name == "onecycle" else "")
+    sched = s.name + (f", max_lr {s.max_lr if s.max_lr is not None else o.lr}, {_peak(s, t.epochs)}, {s.anneal}" if s.name == "onecycle" else "")
     return [
         ["data", f"{ds.name} ({c.data.root or 'cache'}), {ds.train_x.shape[0]:,} train / {ds.test_x.shape[0]:,} test images, {h}x{w}, {ds.num_classes} classes"],
         ["model", f"{m.name}, norm {m.norm}, width {m.width:g}" + (f", logit scale {m.logit_scale:g}" if m.logit_scale else "") + f", {params:,} parameters"],
-        ["optimizer", f"{o.name}, lr {o.lr}, weight decay {o.weight_decay:g}" + (f", momentum {o.momentum:g}" + (" nesterov" if o.nesterov else "") if o.name == "sgd" else "")
+        ["optimizer", f"{o.name}, lr {o.lr}, weight decay {o.weight_decay:g}, {_momentum(o, s)}"
          + (f", label smoothing {o.label_smoothing:g}" if o.label_smoothing else "")],
         ["schedule", sched],
         ["augmentation", f"{a.backend} backend: " + (", ".join(x for x in aug if x) or "none")],
