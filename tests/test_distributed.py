@@ -165,3 +165,21 @@ def test_sync_bn_on_cpu_is_refused_before_the_run_folder(ddp_overrides, tmp_path
     assert "trainer.sync_bn = true needs GPU processes" in r.stderr and "trains on cpu" in r.stderr
     assert "SyncBatchNorm expected input" not in r.stderr  # torch's own mid-step error never reached
     assert not (tmp_path / "sbn").exists()
+
+
+def test_albumentations_workers_are_split_between_the_processes_of_one_machine(tiny_overrides, monkeypatch):
+    from vislab.engine._dist import DistInfo
+    from vislab.run import build_loaders
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    _, cfg = vislab.load_config("quick", {**tiny_overrides, "augment.backend": "albumentations"})
+    ds = vislab.load_dataset("imagefolder", tiny_overrides["data.root"], cache_dir=tiny_overrides["data.cache_dir"])
+    sizes = {}
+    for local in (1, 4):
+        dist_info = DistInfo(rank=0, world_size=8, local_rank=0, local_world_size=local)
+        train, _, _ = build_loaders(cfg, ds, torch.device("cpu"), False, 0, dist_info)
+        sizes[local] = train.num_workers
+    assert sizes == {1: 16, 4: 4}  # 4 ranks on one 16-core machine: 4 workers each, not 16
+    _, cfg = vislab.load_config("quick", {**tiny_overrides, "augment.backend": "albumentations", "augment.workers": 3})
+    train, _, _ = build_loaders(cfg, ds, torch.device("cpu"), False, 0, DistInfo(0, 8, 0, 4))
+    assert train.num_workers == 3  # an explicit count is per process, as configured

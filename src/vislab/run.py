@@ -170,7 +170,11 @@ def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, se
     from .augment import albumentations_loader
 
     pin = device.type == "cuda"
-    common = dict(num_workers=cfg.augment.workers, seed=seed, pin_memory=pin, **shard)
+    workers = cfg.augment.workers
+    if workers is None:
+        # The processes of a torchrun job on one machine share its cores: N ranks x all cores would oversubscribe N-fold.
+        workers = max(1, (os.cpu_count() or 1) // dist.local_world_size)
+    common = dict(num_workers=workers, seed=seed, pin_memory=pin, **shard)
     per_rank, eval_per_rank = t.batch_size // dist.world_size, max(1, eval_bs // dist.world_size)
     train = albumentations_loader(ds.train_x, ds.train_y, spec, ds.mean, ds.std, batch_size=per_rank, shuffle=True, train=True, drop_last=t.drop_last, **common)
     test = albumentations_loader(ds.test_x, ds.test_y, spec, ds.mean, ds.std, batch_size=eval_per_rank, shuffle=False, train=False, **common)

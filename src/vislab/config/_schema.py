@@ -34,7 +34,7 @@ class AugmentConfig(_Section):
     cutout_size: int = Field(0, ge=0)  # side of the square cutout hole in pixels; 0 disables
     cutout_p: float = Field(1.0, ge=0.0, le=1.0)  # probability an image gets a hole
     cutout_fill: Union[Literal["mean"], float] = "mean"  # hole value in pixel units, or the data mean
-    workers: Optional[int] = Field(None, ge=0)  # DataLoader workers (albumentations backend; None: cores)
+    workers: Optional[int] = Field(None, ge=0)  # DataLoader workers per process (albumentations backend; None: cores / processes on this machine)
 
 
 class ModelConfig(_Section):

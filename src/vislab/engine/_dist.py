@@ -18,6 +18,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes on this machine (torchrun's LOCAL_WORLD_SIZE): they share its CPU cores
 
     @property
     def enabled(self) -> bool:
@@ -37,7 +38,10 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
             raise ConfigError(f"Distributed training needs the torchrun environment ({var} is not set): launch with `torchrun --nproc-per-node N -m vislab train ...`.")
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    info = DistInfo(
+        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
+        int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
+    )
     use_cuda = torch.cuda.is_available() and device_name != "cpu"
     if use_cuda:
         device = torch.device("cuda", info.local_rank)
