@@ -17,7 +17,7 @@ import yaml
 
 import vislab
 from vislab.cli import main
-from vislab.engine import load_checkpoint
+from vislab.engine import Callback, load_checkpoint
 from vislab.errors import VislabError
 
 CORPUS = Path(__file__).parent / "corpus" / "configs"
@@ -205,6 +205,38 @@ def test_nan_loss_names_epoch_step_and_lr(tiny_overrides, tmp_path):
     with pytest.raises(vislab.VislabError, match=r"epoch 1 at step \d+ .*learning rate 1e\+12.*optim.grad_clip"):
         vislab.train("quick", ov, out=tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints" / "last").exists()  # nothing non-finite was saved
+
+
+class _OverflowingLR(Callback):
+    """From epoch 2 on, an infinite LR: its update overflows, as a far too large LR does in float32. The
+    loss of a step is computed before its update, so with one step per epoch every loss stays finite
+    and only the weights break."""
+
+    def on_epoch_end(self, trainer, row):
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = float("inf")
+
+
+def test_nonfinite_weights_are_never_checkpointed(tiny_overrides, tmp_path):
+    from vislab.engine.trainer import TrainingDiverged
+
+    out = tmp_path / "run"
+    ov = {**tiny_overrides, "trainer.batch_size": 72, "trainer.epochs": 3, "sched.name": "none", "optim.lr": 0.01}
+    with pytest.raises(TrainingDiverged, match=r"epoch 2: .*weight tensor\(s\) hold NaN or infinite values .*although every loss was finite"):
+        vislab.train("quick", ov, out=out, callbacks=[_OverflowingLR()])
+    last = load_checkpoint(out / "checkpoints" / "last")
+    assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # no row for the broken epoch
+
+    # save_checkpoint itself refuses such weights and leaves the checkpoint already there in place.
+    from vislab.engine import save_checkpoint
+
+    before = (out / "checkpoints" / "last" / "model.safetensors").read_bytes()
+    last["model"]["fc.weight"][0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="not written.*fc.weight.*already there is kept"):
+        save_checkpoint(out / "checkpoints" / "last", last)
+    assert (out / "checkpoints" / "last" / "model.safetensors").read_bytes() == before
+    assert [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")] == []
 
 
 def test_out_of_memory_names_batch_size(tiny_overrides, tmp_path, monkeypatch):

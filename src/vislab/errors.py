@@ -13,6 +13,10 @@ class DataError(VislabError):
     """A data set that cannot be loaded; the message names the file or folder and how to fix it."""
 
 
+class TrainingDiverged(VislabError):
+    """The loss or the weights became NaN or infinite."""
+
+
 class Interrupted(Exception):
     """Training stopped on SIGINT / SIGTERM after finishing the step in progress (CLI exit 128 + signum)."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -15,8 +16,9 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 import torch
 
-from ..errors import VislabError
+from ..errors import TrainingDiverged, VislabError
 
+log = logging.getLogger(__name__)
 
 @contextmanager
 def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
@@ -78,14 +80,60 @@ def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator | None) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore what `rng_state` saved; what this machine cannot take is re-seeded, said in one log line.
+
+    A checkpoint may come from another machine: more or fewer GPUs than this one (one CUDA state is
+    saved per visible GPU), or a data generator on another device (a CUDA generator's state is 16
+    bytes, a CPU generator's 5,056), as when a GPU run is resumed on a CPU or the other way round.
+    """
+    torch.set_rng_state(_cpu_bytes(state["torch"]))
     np.random.set_state(("MT19937", np.asarray(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
     version, key, gauss = state["python"]
     random.setstate((version, tuple(key), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    _set_cuda_rng_states(list(state.get("cuda", [])))
     if generator is not None and "data" in state:
-        generator.set_state(state["data"])
+        _set_generator_state(generator, _cpu_bytes(state["data"]))
+
+
+def _cpu_bytes(t: torch.Tensor) -> torch.Tensor:
+    # set_rng_state / Generator.set_state take CPU byte tensors only, whichever device the state is for.
+    return t.detach().to("cpu", torch.uint8)
+
+
+def _set_cuda_rng_states(saved: list[torch.Tensor]) -> None:
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    # One by one rather than set_rng_state_all, which fails with an IndexError when the checkpoint
+    # holds more states than this machine has GPUs.
+    for i in range(min(len(saved), gpus)):
+        torch.cuda.set_rng_state(_cpu_bytes(saved[i]), i)
+    if len(saved) == gpus:
+        return
+    if not gpus:
+        log.info("the checkpoint's CUDA RNG states (%d GPU(s)) are not restored: this machine has no CUDA GPU", len(saved))
+    elif not saved:
+        log.info("the checkpoint holds no CUDA RNG state (it was saved without CUDA): the %d GPU(s) keep the states seeded from trainer.seed", gpus)
+    else:
+        log.warning(
+            "the checkpoint holds CUDA RNG states of %d GPU(s), this machine has %d: restored %d, the rest keep the states "
+            "seeded from trainer.seed", len(saved), gpus, min(len(saved), gpus),
+        )
+
+
+def _set_generator_state(generator: torch.Generator, saved: torch.Tensor) -> None:
+    try:
+        generator.set_state(saved)
+        return
+    except RuntimeError:  # the state of a generator on another device type (size and layout differ)
+        pass
+    # Seeded from the saved state, so that a resume is still reproducible and does not replay the
+    # first epoch's order and augmentation, as re-seeding with trainer.seed would.
+    seed = int.from_bytes(hashlib.sha256(saved.numpy().tobytes()).digest()[:8], "little")
+    generator.manual_seed(seed)
+    log.warning(
+        "the checkpoint's data generator state (%d bytes) does not fit this run's %s generator (%d bytes; it was saved "
+        "on another device type): re-seeded it from the saved state, so data order and augmentation from here on differ "
+        "from an uninterrupted run", saved.numel(), generator.device.type, generator.get_state().numel(),
+    )
 
 
 def _python_rng_to_list(state: tuple) -> list:
@@ -97,6 +145,16 @@ def _python_rng_to_list(state: tuple) -> list:
 MODEL_FILE = "model.safetensors"  # weights: safetensors, a format that cannot carry code
 STATE_FILE = "state.pt"  # optimizer, scheduler, RNG, history: tensors and plain data only
 SUMS_FILE = "checksums.json"  # sha256 of both, to refuse truncated or altered files
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity (one host sync for all)."""
+    names = [k for k, v in tensors.items() if v.is_floating_point() or v.is_complex()]
+    if not names:
+        return []
+    dev = tensors[names[0]].device
+    finite = torch.stack([torch.isfinite(tensors[k]).all().to(dev) for k in names]).tolist()
+    return [k for k, ok in zip(names, finite) if not ok]
 
 
 def _sha256(path: Path) -> str:
@@ -120,16 +178,24 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
     The folder is built under a temporary name and swapped in with renames; a kill between the
     two renames leaves `.NAME.old`, which `load_checkpoint` falls back to. So at every moment a
-    complete checkpoint exists.
+    complete checkpoint exists. Weights holding NaN or infinity are refused (`TrainingDiverged`)
+    before anything is written, so the checkpoint already there is kept.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in state["model"].items()}
+    bad = nonfinite_tensors(weights)
+    if bad:
+        kept = "the checkpoint already there is kept" if checkpoint_exists(path) else "there is no earlier checkpoint there"
+        raise TrainingDiverged(
+            f"Checkpoint {str(path)!r} is not written: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}), "
+            f"so the weights are unusable; {kept}. Lower optim.lr (or sched.max_lr), or set optim.grad_clip (e.g. 1.0)."
+        )
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     old = path.with_name(f".{path.name}.old")
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in state["model"].items()}
         save_file(weights, str(tmp / MODEL_FILE))
         with open(tmp / STATE_FILE, "wb") as f:
             torch.save({k: v for k, v in state.items() if k != "model"}, f)
@@ -160,7 +226,12 @@ def checkpoint_exists(path: str | Path) -> bool:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint folder after checking its checksums; never runs pickled code."""
+    """Load a checkpoint folder after checking its checksums; never runs pickled code.
+
+    The weights go to `map_location`; everything else stays on the CPU: RNG states must reach
+    `set_rng_state` as CPU byte tensors, and `Optimizer.load_state_dict` moves its state to the
+    parameters' device itself.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -173,12 +244,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         for name in (MODEL_FILE, STATE_FILE):
             if _sha256(path / name) != sums[name]:
                 raise VislabError(f"{name} does not match its checksum")
-        state = torch.load(path / STATE_FILE, map_location=map_location, weights_only=True)
-        state["model"] = load_file(str(path / MODEL_FILE), device=str(map_location))
+        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+        weights = load_file(str(path / MODEL_FILE), device="cpu")
     except Exception as e:  # noqa: BLE001 - any failure means the checkpoint is unusable
         reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise VislabError(
             f"Checkpoint {str(path)!r} is refused: {reason}. It is truncated, altered or not a vislab checkpoint; "
             "nothing was loaded from it."
         ) from None
+    state["model"] = {k: v.to(map_location) for k, v in weights.items()}
     return state

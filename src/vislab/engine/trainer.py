@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import Interrupted, VislabError
+from ..errors import Interrupted, TrainingDiverged, VislabError
 from ._device import Precision
 from ._dist import reduce_sums
-from .checkpoint import rng_state, set_rng_state
+from .checkpoint import nonfinite_tensors, rng_state, set_rng_state
 from .hooks import Callback
 from .optim import Scheduler
 
@@ -25,10 +25,6 @@ log = logging.getLogger(__name__)
 # Seconds between progress-bar refreshes: each refresh reads the loss back from the device
 # (a host sync), so it is throttled instead of done every step.
 PROGRESS_INTERVAL = 0.5
-
-
-class TrainingDiverged(VislabError):
-    """The loss became NaN or infinite."""
 
 
 @contextlib.contextmanager
@@ -110,19 +106,26 @@ def train_one_epoch(
         if l1:
             loss = loss + l1 * _l1_penalty(model)
         optimizer.zero_grad(set_to_none=True)
+        stepped = True
         if scaler is not None:
             scaler.scale(loss).backward()
             if grad_clip:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            scale = scaler.get_scale()
             scaler.step(optimizer)
             scaler.update()
+            # The scaler skips the optimizer step when the scaled gradients overflowed, and then (and
+            # only then) lowers its scale. The schedule must not advance for a step that never
+            # happened (fp16 runs skip their first few). scaler.step already syncs with the host to
+            # decide, so reading the scale back costs nothing more.
+            stepped = scaler.get_scale() >= scale
         else:
             loss.backward()
             if grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
-        if scheduler is not None:
+        if scheduler is not None and stepped:
             scheduler.step_batch()
         n = y.shape[0]
         lrs.append(lr)
@@ -280,6 +283,9 @@ class Trainer:
                 channels_last=self.channels_last, trainer=self, callbacks=self.callbacks,
                 progress=self.progress, desc=f"epoch {epoch}/{self.epochs}",
             )
+            # The loss check cannot see an update that broke the weights after the last loss was
+            # computed (the epoch's final step); such weights must never become a checkpoint.
+            self._check_finite_weights(epoch)
             if self.stop_signal is not None:
                 self._save_interrupted()
                 raise Interrupted(self.stop_signal, epoch, self.global_step - step0)
@@ -310,6 +316,15 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
 
+    def _check_finite_weights(self, epoch: int) -> None:
+        bad = nonfinite_tensors(self.model.state_dict())
+        if bad:
+            raise TrainingDiverged(
+                f"Training diverged in epoch {epoch}: after its last step {len(bad)} weight tensor(s) hold NaN or infinite "
+                f"values (first: {bad[0]}) although every loss was finite, at learning rate {self.step_lr:.3g}. Lower optim.lr "
+                f"(or sched.max_lr), or set optim.grad_clip (e.g. 1.0); the last good checkpoint (checkpoints/last) is kept."
+            )
+
     def _save_interrupted(self) -> None:
         # The weights at the moment of the interrupt, for inspection or export. `--resume`
         # continues from `last` (the end of the last complete epoch), which is exact.
@@ -330,6 +345,7 @@ class Trainer:
             "lr_steps": self.lr_steps,
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
+            "precision": self.precision.name,  # what auto resolved to: the report evaluates the weights in it
             "rng": rng_state(self.generator),
         }
 

@@ -34,6 +34,10 @@ SKIP_START = 0.1  # fraction of num_iter left out of the suggestions: the smooth
 FLAT_TOL = 0.05  # a curve whose best point lies less than 5% below its start has not shown a usable range
 ONECYCLE_RISE = 0.1  # OneCycle min: where the curve has covered 10% of its way to its best point
 JSON_NAME, PNG_NAME = "lr_find.json", "lr_find.png"
+# fp16 sweeps: consecutive steps the GradScaler may skip (halving its scale each time) before the
+# sweep gives up. From the default 65536, 32 halvings reach 2**-16: gradients that still overflow
+# fp16 there are diverging, not waiting for a smaller scale.
+MAX_SKIPPED_STEPS = 32
 
 
 class RangeTestError(VislabError):
@@ -138,8 +142,11 @@ def suggest(lrs: Sequence[float], values: Sequence[float]) -> dict[str, Any]:
 class _Feed:
     """One training batch per sweep step, with that step's LR set first; stops when told to.
 
-    Restarts the loader when it runs out, as training's next epoch would (fresh order, fresh
-    augmentation), so a sweep may be longer than an epoch.
+    The sweep moves to the next LR only once the recorder has taken a step at the current one: a
+    step the fp16 GradScaler skipped (overflowing gradients) is repeated at the same LR with the next
+    batch, as a training schedule only advances when the optimizer stepped. Restarts the loader when
+    it runs out, as training's next epoch would (fresh order, fresh augmentation), so a sweep may be
+    longer than an epoch.
     """
 
     def __init__(self, loader: Iterable, optimizer: torch.optim.Optimizer, lrs: Sequence[float], recorder: "_Recorder"):
@@ -150,9 +157,8 @@ class _Feed:
 
     def __iter__(self) -> Iterator[Any]:
         it = iter(self.loader)
-        for lr in self.lrs:
-            if self.recorder.stop_reason is not None:
-                return
+        while self.recorder.stop_reason is None and len(self.recorder.lrs) < len(self.lrs):
+            lr = self.lrs[len(self.recorder.lrs)]
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             try:
@@ -162,17 +168,27 @@ class _Feed:
                 batch = next(it, None)
                 if batch is None:
                     raise VislabError("The LR range test's training loader produced no batch; is the training set smaller than one batch?") from None
-            self.recorder.lrs.append(lr)
+            self.recorder.pending_lr = lr
             yield batch
 
 
 class _Recorder(Callback):
-    """Records each step's losses, smooths them and ends the sweep on divergence or a non-finite loss."""
+    """Records each step's LR and losses, smooths them and ends the sweep on divergence or a non-finite loss.
 
-    def __init__(self, finder: "LRFinder", smooth_f: float, diverge_th: float, held_out: list | None):
+    With a GradScaler, a step it skipped (the scale went down) is not a point of the curve: no
+    optimizer step was taken at that LR.
+    """
+
+    def __init__(self, finder: "LRFinder", smooth_f: float, diverge_th: float, held_out: list | None,
+                 scaler: torch.amp.GradScaler | None = None):
         self.finder = finder
         self.diverge_th = diverge_th
         self.held_out = held_out
+        self.scaler = scaler
+        self.scale = scaler.get_scale() if scaler is not None else None
+        self.pending_lr = math.nan  # the LR of the step in flight, set by _Feed
+        self.skipped = 0  # steps the scaler skipped, in all
+        self.skipped_in_a_row = 0
         self.lrs: list[float] = []
         self.series: dict[str, list[float]] = {"loss": [], "smoothed_loss": []}
         if held_out is not None:
@@ -191,6 +207,17 @@ class _Recorder(Callback):
     def on_batch_end(self, trainer, batch_idx: int, loss: torch.Tensor) -> None:
         f = self.finder
         train_loss = float(loss)  # one host sync per step: the divergence check needs the value now
+        before, self.scale = self.scale, (self.scaler.get_scale() if self.scaler is not None else None)
+        # The scaler lowers its scale exactly when it skipped the step (overflowing gradients). A
+        # non-finite loss is not skipped over: it ends the sweep below.
+        if math.isfinite(train_loss) and before is not None and self.scale < before:
+            self.skipped += 1
+            self.skipped_in_a_row += 1
+            if self.skipped_in_a_row > MAX_SKIPPED_STEPS:
+                self.stop_reason = "scaler_skipped"
+            return
+        self.skipped_in_a_row = 0
+        self.lrs.append(self.pending_lr)
         watched = self._add("loss", train_loss)
         if self.held_out is not None:
             m = evaluate(f.model, self.held_out, device=f.device, precision=f.precision, channels_last=f.channels_last)
@@ -306,7 +333,7 @@ class LRFinder:
         if not diverge_th > 1.0:
             raise ConfigError(f"LR range test diverge_th = {diverge_th!r} must be > 1.")
         if accuracy and val_loader is None:
-            raise ConfigError("The LR range test's accuracy mode measures accuracy on held-out batches: pass val_loader (lr_find.measure=accuracy uses the test split).")
+            raise ConfigError("The LR range test's accuracy mode measures accuracy on held-out batches: pass val_loader (lr_find.measure=accuracy uses the validation split, data.val_size).")
         if val_batches is not None and val_batches < 1:
             raise ConfigError(f"LR range test val_batches = {val_batches!r} must be >= 1 (or None for the whole val_loader).")
         measure = "accuracy" if accuracy else ("val_loss" if val_loader is not None else "loss")
@@ -321,8 +348,8 @@ class LRFinder:
                 held_out = [tuple(b) for b in itertools.islice(val_loader, val_batches)]
                 if not held_out:
                     raise VislabError("The LR range test's val_loader produced no batch.")
-            rec = _Recorder(self, smooth_f, diverge_th, held_out)
             scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_scaler else None
+            rec = _Recorder(self, smooth_f, diverge_th, held_out, scaler)
             train_one_epoch(
                 self.model, _Feed(self.train_loader, self.optimizer, lrs, rec), self.optimizer,
                 device=self.device, precision=self.precision, scaler=scaler, label_smoothing=self.label_smoothing,
@@ -343,6 +370,7 @@ class LRFinder:
             "diverge_th": diverge_th,
             "steps": steps,
             "stop_reason": rec.stop_reason or "completed",
+            "skipped_steps": rec.skipped,  # fp16: steps the GradScaler skipped, repeated at the same LR
             "seconds": seconds,
             "lr": rec.lrs[:steps],
             **rec.series,
