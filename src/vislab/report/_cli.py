@@ -49,12 +49,33 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import ConfigError
+    from ..results import describe_data
     from ._compare import compare_runs
 
-    res = compare_runs(args.run_dirs, out=args.out)
+    if isinstance(args.reference, str) and Path(args.reference).is_dir():
+        # `compare --reference RUN_DIR` reads the folder as the recipe's name.
+        raise ConfigError(
+            f"--reference = {args.reference!r} is a folder, not a recipe name: put --reference after the RUN_DIRs "
+            "(`vislab compare RUN_DIR --reference`) or give a recipe (`--reference resnet9-onecycle`)."
+        )
+    res = compare_runs(args.run_dirs, out=args.out, reference=args.reference)
     for r in res.rows:
         best = f"{r['best_test_acc']:.2f}%" if isinstance(r["best_test_acc"], (int, float)) else "n/a"
-        print(f"{r['run']}: best test accuracy {best} (epoch {r['best_epoch']}), {r['epochs']} epochs")
+        data = describe_data({"name": r["data"], "train_images": r["train_images"], "test_images": r["test_images"]})
+        print(f"{r['run']}: best test accuracy {best} (epoch {r['best_epoch']}), {r['epochs']} epochs; data {data}")
+    for r in res.references:
+        ref = r["reference"]
+        if ref is None:
+            print(f"{r['run']}: recipe {r['recipe']} has no course reference")
+            continue
+        final = f"{r['final_test_acc']:.2f}%" if isinstance(r["final_test_acc"], (int, float)) else "n/a"
+        same = r["course_test_acc_at_epoch"]
+        beside = f" (course at epoch {r['epochs_done']}: {same:.2f}%)" if same is not None else ""
+        print(f"{r['run']}: recipe {r['recipe']} ({r['found']}); vislab {final} at epoch {r['epochs_done']}{beside}; "
+              f"course final {ref.final:.2f}% on canonical CIFAR-10 on a GPU, this run on its own data (above)")
     print(res.markdown)
     print(res.html)
     return 0
@@ -79,8 +100,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/explain)")
     e.set_defaults(func=_cmd_explain)
 
-    c = subparsers.add_parser("compare", help="overlay several runs' curves and tabulate their metrics",
-                              description="Curves of several runs in one figure and a table of their best and final metrics.")
-    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    c = subparsers.add_parser("compare", help="overlay several runs' curves and tabulate their data and metrics",
+                              description="Curves of several runs in one figure and a table of their data, best and final metrics; "
+                                          "with --reference, the course's per-epoch test accuracy beside each run's.")
+    c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders of `vislab train` runs (finished or not)")
+    c.add_argument("--reference", nargs="?", const=True, default=False, metavar="RECIPE",
+                   help="overlay the course's per-epoch test accuracy and state the final figures side by side; alone: the "
+                        "recipe each run ran (from its summary/config), or RECIPE for every run")
     c.add_argument("--out", metavar="DIR", help="output folder (default runs/compare-<time>)")
     c.set_defaults(func=_cmd_compare)
