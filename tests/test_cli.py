@@ -29,7 +29,23 @@ def test_recipes_lists_every_recipe(capsys):
     out = capsys.readouterr().out
     for name in vislab.list_recipes():
         assert name in out
-    assert "quick (default)" in out and "90.63%" in out
+    assert "quick (default)" in out and "course's figure: 90.63%" in out
+
+
+# vislab's own output (argparse's --help and --version already ignore a closed pipe).
+@pytest.mark.parametrize("args", [["recipes", "-v"], ["recipes"], ["summary", "resnet18"]])
+def test_output_into_a_closed_pipe_ends_quietly(args):
+    # As `vislab ... | head -1` once head has gone: the read end is closed before vislab writes a byte.
+    p = subprocess.Popen([sys.executable, "-m", "vislab", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err  # 128 + SIGPIPE, as the shell reports for a Unix tool cut off by head
+    assert err == ""
+
+
+def test_piped_into_head_prints_the_first_line_only():
+    r = subprocess.run(f"{sys.executable} -m vislab recipes -v | head -1", shell=True, capture_output=True, text=True, timeout=120)
+    assert r.stdout.splitlines() == ["quick (default)"] and r.stderr == ""
 
 
 def test_summary_prints_parameter_count(capsys):

@@ -51,13 +51,22 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
 
 def _cmd_recipes(args: argparse.Namespace) -> int:
     from .config import DEFAULT_RECIPE, list_recipes, recipe_info
+    from .results import COURSE_SETUP, course_reference, describe_result
 
     for name in list_recipes():
         info = recipe_info(name)
         mark = " (default)" if name == DEFAULT_RECIPE else ""
         print(f"{name}{mark}\n  {info['title']}")
-        if args.verbose and info["description"]:
+        if not args.verbose:
+            continue
+        if info["description"]:
             print(textwrap.indent(textwrap.fill(info["description"], 88), "  "))
+        # The two figures side by side, each saying where it was measured: they are not on the same data or hardware.
+        if info["course"] is not None:
+            print(f"  course's figure: {info['course']:.2f}% test accuracy ({COURSE_SETUP})")
+        measured = info["measured"]
+        line = describe_result(measured, course_reference(name)) if measured else "no recorded run yet (docs/results.md)"
+        print(textwrap.indent(textwrap.fill(f"vislab measured: {line}", 88, subsequent_indent="  "), "  "))
     return 0
 
 
@@ -117,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_cmd_lr_find)
 
     r = sub.add_parser("recipes", help="list the shipped recipes", description="List the recipes shipped with vislab.")
-    r.add_argument("-v", "--verbose", action="store_true", help="also print what each recipe reproduces")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="also print each recipe's description, the course's figure and vislab's measured one (docs/results.json)")
     r.set_defaults(func=_cmd_recipes)
 
     s = sub.add_parser("summary", help="print a model's layer table", description="Layer table, output shapes and parameter counts (torchinfo).")
@@ -154,6 +164,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Buffered output meets a closed pipe here at the latest (`vislab recipes -v | head -1`), inside
+            # the handler below rather than at interpreter exit, where Python would print a traceback-like notice.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader has gone, as `head`, `less` or `grep -m1` do: stop quietly, as Unix tools do. Whatever is
+        # still buffered goes to /dev/null, so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # the status of a process ended by SIGPIPE, what the shell reports for `cat big | head`
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
