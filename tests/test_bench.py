@@ -29,12 +29,15 @@ from vislab.bench import (
     synthetic_data,
 )
 from vislab.cli import main
-from vislab.engine import DeviceLoader
+from vislab.engine import DeviceLoader, Precision
 from vislab.errors import ConfigError
 from vislab.models import create_model
 
 CPU = torch.device("cpu")
-REQUIRED_RATIOS = ("augment_tensor_vs_albumentations", "train_resnet9_vislab_vs_course")
+REQUIRED_RATIOS = (
+    "augment_tensor_vs_albumentations", "train_resnet9_vislab_vs_course", "train_resnet9_vislab_vs_course_fp32",
+    "evaluate_vislab_vs_course", "evaluate_vislab_vs_course_fp32",
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +70,7 @@ def test_bench_json_structure(tiny_bench):
             assert len(fig["runs"]) == preset.repeats
             assert all(v > 0 for v in fig["runs"])
             assert fig["median"] == pytest.approx(statistics.median(fig["runs"]))
+            assert (fig["min"], fig["max"]) == (min(fig["runs"]), max(fig["runs"]))  # the spread is reported
 
 
 def test_ratios_are_quotients_of_the_medians(tiny_bench):
@@ -88,6 +92,9 @@ def test_table_is_printed_with_every_measurement(tiny_bench):
     for label in ("augmentation", "train resnet9", "train resnet18", "engine overhead", "evaluate", "grad-cam", "lr range test"):
         assert label in stdout
     assert f"{report['ratios']['train_resnet9_vislab_vs_course']:.2f}x" in stdout
+    assert f"{report['ratios']['train_resnet9_vislab_vs_course_fp32']:.2f}x" in stdout
+    fig = report["results"]["train_resnet9"]["figures"]["course_fp32"]
+    assert f"course fp32 NCHW {fig['median']:,.0f} images/s [{fig['min']:,.0f}-{fig['max']:,.0f}]" in stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only path")
@@ -137,7 +144,7 @@ def _record_forward(model: torch.nn.Module, seen: list) -> None:
     model.register_forward_pre_hook(hook)
 
 
-def test_course_baseline_is_dataloader_albumentations_fp32_plain_loop():
+def test_course_baseline_is_dataloader_albumentations_plain_loop():
     import albumentations as A
 
     x, y, mean, std = synthetic_data(12)
@@ -155,6 +162,20 @@ def test_course_baseline_is_dataloader_albumentations_fp32_plain_loop():
     assert out["images"] == 12 and len(seen) == 3
     assert all(not s["autocast"] and s["dtype"] == torch.float32 and not s["channels_last"] for s in seen)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it really trained
+    # The strongest baseline: the same loop with one autocast line and channels_last.
+    seen.clear()
+    model = model.to(memory_format=torch.channels_last)
+    course_train(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), CPU, Precision("bf16", torch.bfloat16, False), True)
+    assert len(seen) == 3 and all(s["autocast"] and s["autocast_dtype"] == torch.bfloat16 and s["channels_last"] for s in seen)
+
+
+def test_augment_baseline_is_plain_per_sample_albumentations(monkeypatch):
+    made = []
+    real = _suite.course_loader
+    monkeypatch.setattr(_suite, "course_loader", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    result = _suite.bench_augment(images=32, batch_size=8, device=CPU, repeats=1, workers=0)
+    assert len(made) == 1 and type(made[0]) is DataLoader and type(made[0].sampler).__name__ == "RandomSampler"
+    assert set(result["figures"]) == {"tensor", "albumentations"}
 
 
 def test_bench_train_runs_the_engine_with_defaults_and_the_course_side_without(monkeypatch):
@@ -172,28 +193,33 @@ def test_bench_train_runs_the_engine_with_defaults_and_the_course_side_without(m
         engine_calls.append({"loader": loader, "seen": seen, **kw})
         return out
 
-    def course_spy(model, batches, optimizer, device):
+    def course_spy(model, batches, optimizer, device, prec, cl):
         seen: list = []
-        handle = model.register_forward_pre_hook(lambda _m, a: seen.append((torch.is_autocast_enabled("cpu"), a[0].dtype, a[0].is_contiguous())))
+        handle = model.register_forward_pre_hook(lambda _m, a: seen.append((
+            torch.is_autocast_enabled("cpu"), a[0].dtype, a[0].is_contiguous(memory_format=torch.channels_last) and not a[0].is_contiguous())))
         try:
-            out = real_course(model, batches, optimizer, device)
+            out = real_course(model, batches, optimizer, device, prec, cl)
         finally:
             handle.remove()
-        course_calls.append(seen)
+        course_calls.append((prec.name, cl, seen))
         return out
 
     monkeypatch.setattr(_suite, "train_one_epoch", engine_spy)
     monkeypatch.setattr(_suite, "course_train", course_spy)
     case = SIZES["tiny"].train[0]
     result = bench_train(case, device=CPU, repeats=1, workers=0)
-    assert set(result["figures"]) == {"vislab", "course"}
-    assert len(engine_calls) == 2 and len(course_calls) == 2  # warm-up + one timed repeat each
+    assert set(result["figures"]) == {"vislab", "course", "course_fp32"}
+    assert len(engine_calls) == 2 and len(course_calls) == 4  # warm-up + one timed repeat each
     for call in engine_calls:
         assert call["precision"] == precision and call["channels_last"] == channels_last
         assert isinstance(call["loader"], DeviceLoader) and isinstance(call["loader"].transform, TensorAugment)
         assert call["seen"] and all(s == (precision.dtype is not None, channels_last) for s in call["seen"])
     timed = engine_calls[-1]
     assert len(timed["loader"]) == case.steps and timed["loader"].batch_size == case.batch_size
-    assert sum(len(seen) for seen in course_calls) == 1 + case.steps
-    assert all(s == (False, torch.float32, True) for seen in course_calls for s in seen)
-    assert result["settings"]["precision"] == precision.name and result["settings"]["course_precision"] == "fp32"
+    for want in ((precision.name, channels_last), ("fp32", False)):
+        calls = [seen for prec, cl, seen in course_calls if (prec, cl) == want]
+        assert len(calls) == 2 and sum(len(seen) for seen in calls) == 1 + case.steps
+    # fp32 NCHW as the course ran it; the strongest baseline with the engine's autocast and memory format
+    assert all(s == (False, torch.float32, False) for prec, cl, seen in course_calls if prec == "fp32" and not cl for s in seen)
+    assert all(s[0] == (precision.dtype is not None) and s[2] == channels_last for prec, cl, seen in course_calls if (prec, cl) == (precision.name, channels_last) for s in seen)
+    assert result["settings"]["course_precision"] == precision.name and result["settings"]["course_fp32_precision"] == "fp32"

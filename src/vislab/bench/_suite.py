@@ -35,7 +35,7 @@ from ..errors import ConfigError, VislabError
 from ..explain import grad_cam
 from ..models import create_model
 from ..tuner import LRFinder
-from ._course import course_evaluate, course_loader, course_train
+from ._course import FP32, course_evaluate, course_loader, course_train
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,17 @@ COURSE_REFERENCE = {
 # ratio name -> (measurement, numerator figure, denominator figure); a ratio is the quotient of the two medians.
 RATIOS = {
     "augment_tensor_vs_albumentations": ("augment", "tensor", "albumentations"),
+    # "course" is the strongest course-style baseline (its loop with vislab's autocast precision and channels_last);
+    # "course_fp32" is the loop as the course ran it (fp32, NCHW), so the _fp32 ratios include the precision's gain.
     "train_resnet9_vislab_vs_course": ("train_resnet9", "vislab", "course"),
+    "train_resnet9_vislab_vs_course_fp32": ("train_resnet9", "vislab", "course_fp32"),
     "train_resnet9_compiled_vs_course": ("train_resnet9", "vislab_compiled", "course"),
     "train_resnet18_vislab_vs_course": ("train_resnet18", "vislab", "course"),
+    "train_resnet18_vislab_vs_course_fp32": ("train_resnet18", "vislab", "course_fp32"),
     "train_resnet18_compiled_vs_course": ("train_resnet18", "vislab_compiled", "course"),
     "engine_vs_bare_loop": ("engine_overhead", "engine", "bare_loop"),
     "evaluate_vislab_vs_course": ("evaluate", "vislab", "course"),
+    "evaluate_vislab_vs_course_fp32": ("evaluate", "vislab", "course_fp32"),
     "grad_cam_batched_vs_one_at_a_time": ("grad_cam", "batched", "one_at_a_time"),
     "lr_find_step_vs_train_step": ("lr_find", "lr_find", "train_step"),  # seconds per step: lower is cheaper
 }
@@ -104,7 +109,7 @@ SIZES = {
         small=Case("resnet9", 0.25, 512, 12), eval_images=10_000,
     ),
     "quick": BenchSize(
-        repeats=3, augment_images=4096, augment_batch=512,
+        repeats=5, augment_images=4096, augment_batch=512,
         train=(Case("resnet9", 1.0, 512, 2), Case("resnet18", 1.0, 128, 3)),
         small=Case("resnet9", 0.25, 512, 12), eval_images=2048,
     ),
@@ -178,7 +183,7 @@ def _started(loader: Iterable) -> Iterator:
 
 
 def _side_by_side(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict[str, Any]]:
-    """Median and all runs of each variant; every repeat runs every variant once.
+    """Median, min, max and all runs of each variant; every repeat runs every variant once.
 
     Other work on a shared machine comes and goes, so the variants alternate within each repeat, in
     reversed order every other repeat: a drift in the load then hits both sides alike.
@@ -188,7 +193,7 @@ def _side_by_side(variants: dict[str, Callable[[], float]], repeats: int) -> dic
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
             runs[name].append(variants[name]())
-    return {name: {"median": statistics.median(v), "runs": v} for name, v in runs.items()}
+    return {name: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": v} for name, v in runs.items()}
 
 
 def _compare(
@@ -214,37 +219,46 @@ def _load_avg() -> list[float] | None:
 def bench_augment(
     *, images: int, batch_size: int, device: torch.device, repeats: int, workers: int, seed: int = 0
 ) -> dict[str, Any]:
-    """Item 1: images/s of the tensor backend vs the albumentations backend, one epoch of batches per run."""
+    """Item 1: images/s of the tensor backend vs plain per-sample albumentations in a DataLoader, one epoch per run.
+
+    The baseline is the course's DataLoader (no per-sample reseeding, which vislab's reproducible
+    albumentations backend adds); its worker start-up and first batch are left out of the time.
+    """
     x, y, mean, std = synthetic_data(images, seed)
     tensor_loader = DeviceLoader(
         x.to(device), y.to(device), batch_size, TensorAugment(AUGMENT_SPEC, mean, std), shuffle=True, generator=_generator(device, seed)
     )
-    albu_loader = albumentations_loader(
-        x, y, AUGMENT_SPEC, mean, std, batch_size=batch_size, shuffle=True, num_workers=workers, seed=seed, pin_memory=device.type == "cuda"
-    )
+    albu_loader = course_loader(x, y, AUGMENT_SPEC, mean, std, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
 
     def drain(loader: Iterable) -> int:
         # Every batch ends on `device`, where training would use it.
         return sum(xb.to(device, non_blocking=True).shape[0] for xb, _ in loader)
 
+    def albu_run() -> float:
+        it = iter(albu_loader)
+        next(it)  # workers started and the first batch made, untimed
+        return _rate(lambda: drain(it), device)
+
     variants = {
         "tensor": lambda: _rate(lambda: drain(tensor_loader), device),
-        "albumentations": lambda: _rate(lambda: drain(albu_loader), device),
+        "albumentations": albu_run,
     }
-    return _compare(  # the warm-up pass also starts the albumentations workers, which persist
-        variants, repeats, setup=f"{images} images, batch {batch_size}, albumentations workers {workers}", unit="images/s",
-        settings={"images": images, "batch_size": batch_size, "workers": workers, "spec": AUGMENT_SPEC.__dict__},
+    return _compare(
+        variants, repeats, setup=f"{images} images, batch {batch_size}, plain DataLoader + per-sample albumentations, {workers} workers",
+        unit="images/s", settings={"images": images, "batch_size": batch_size, "workers": workers, "spec": AUGMENT_SPEC.__dict__},
     )
 
 
 def bench_train(
     case: Case, *, device: torch.device, repeats: int, workers: int, seed: int = 0, compile_model: bool = False
 ) -> dict[str, Any]:
-    """Item 2: training images/s through the vislab engine (defaults) vs the course-style baseline.
+    """Item 2: training images/s through the vislab engine (defaults) vs two course-style baselines.
 
-    Same model, weights, optimizer, batch size, augmentation and device on both sides. vislab: uint8 data
+    Same model, weights, optimizer, batch size, augmentation and device on every side. vislab: uint8 data
     on the device, TensorAugment, `train_one_epoch` with the engine's default precision and memory format.
-    Course: DataLoader + per-sample albumentations in `workers` processes, fp32, NCHW, plain loop.
+    Course: DataLoader + per-sample albumentations in `workers` processes and a plain loop, once with
+    vislab's precision (autocast) and channels_last ("course", the strongest baseline) and once in fp32
+    NCHW as the course ran it ("course_fp32").
     """
     precision, channels_last = engine_defaults(device)
     n = case.batch_size * case.steps
@@ -257,25 +271,28 @@ def bench_train(
     x_dev, y_dev = x.to(device), y.to(device)
     loader = DeviceLoader(x_dev, y_dev, case.batch_size, aug, shuffle=True, drop_last=True, generator=gen)
     warm = DeviceLoader(x_dev[: case.batch_size], y_dev[: case.batch_size], case.batch_size, aug, generator=gen)
-
-    course_model = _model(case, device, False, seed)
-    course_opt = _optimizer(course_model)
     course = course_loader(x, y, AUGMENT_SPEC, mean, std, batch_size=case.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    course_sides = {"course": (precision, channels_last), "course_fp32": (FP32, False)}
+    course_models = {name: _model(case, device, cl, seed) for name, (_, cl) in course_sides.items()}
+    course_opts = {name: _optimizer(m) for name, m in course_models.items()}
 
     def vislab_epoch(m: nn.Module) -> int:
         train_one_epoch(m, loader, optimizer, device=device, precision=precision, channels_last=channels_last)
         return n
 
-    def course_run() -> float:
+    def course_run(name: str) -> float:
+        prec, cl = course_sides[name]
         batches = _started(course)
-        return _rate(lambda: int(course_train(course_model, batches, course_opt, device)["images"]), device)
+        return _rate(lambda: int(course_train(course_models[name], batches, course_opts[name], device, prec, cl)["images"]), device)
 
     # Warm-up (untimed): oneDNN / cuDNN pick their kernels on the first step of each shape.
     train_one_epoch(model, warm, optimizer, device=device, precision=precision, channels_last=channels_last)
-    course_train(course_model, itertools.islice(course, 1), course_opt, device)
+    for name, (prec, cl) in course_sides.items():
+        course_train(course_models[name], itertools.islice(course, 1), course_opts[name], device, prec, cl)
     variants: dict[str, Callable[[], float]] = {
         "vislab": lambda: _rate(lambda: vislab_epoch(model), device),
-        "course": course_run,
+        "course": lambda: course_run("course"),
+        "course_fp32": lambda: course_run("course_fp32"),
     }
     if compile_model:
         # Opt-in: on the 2-core EPYC, ResNet9 w1 bf16 ran 205 img/s compiled and 205 eager, after a 40 s compile.
@@ -285,7 +302,8 @@ def bench_train(
         variants["vislab_compiled"] = lambda: _rate(lambda: vislab_epoch(compiled), device)
     settings = {
         **case.__dict__, "workers": workers, "precision": precision.name, "channels_last": channels_last,
-        "course_precision": "fp32", "course_channels_last": False, "optimizer": "sgd nesterov", "compile": compile_model,
+        "course_precision": precision.name, "course_channels_last": channels_last,
+        "course_fp32_precision": "fp32", "course_fp32_channels_last": False, "optimizer": "sgd nesterov", "compile": compile_model,
     }
     return _compare(variants, repeats, setup=f"{case.describe()}, course workers {workers}", unit="images/s", settings=settings, warm_up=False)
 
@@ -328,18 +346,20 @@ def bench_evaluate(case: Case, *, images: int, device: torch.device, repeats: in
     aug = TensorAugment(AUGMENT_SPEC, mean, std, channels_last=channels_last)
     loader = DeviceLoader(x.to(device), y.to(device), batch_size, lambda xb, g: aug.normalize_only(xb))
     model = _model(case, device, channels_last, seed)
-    course_model = _model(case, device, False, seed)
     course = course_loader(x, y, AUGMENT_SPEC, mean, std, batch_size=batch_size, train=False, num_workers=workers, pin_memory=device.type == "cuda")
+    course_sides = {"course": (precision, channels_last), "course_fp32": (FP32, False)}  # strongest / as the course ran it
+    course_models = {name: _model(case, device, cl, seed) for name, (_, cl) in course_sides.items()}
 
     def vislab_eval() -> int:
         evaluate(model, loader, device=device, precision=precision, channels_last=channels_last)
         return images
 
-    def course_run() -> float:
+    def course_run(name: str) -> float:
+        prec, cl = course_sides[name]
         batches = _started(course)
-        return _rate(lambda: int(course_evaluate(course_model, batches, device)["images"]), device)
+        return _rate(lambda: int(course_evaluate(course_models[name], batches, device, prec, cl)["images"]), device)
 
-    variants = {"vislab": lambda: _rate(vislab_eval, device), "course": course_run}
+    variants = {"vislab": lambda: _rate(vislab_eval, device), "course": lambda: course_run("course"), "course_fp32": lambda: course_run("course_fp32")}
     return _compare(
         variants, repeats, setup=f"{case.model} width {case.width:g}, {images} images, batch {batch_size}, course workers {workers}",
         unit="images/s", settings={"model": case.model, "width": case.width, "images": images, "batch_size": batch_size, "workers": workers},
@@ -528,12 +548,13 @@ def run_bench(
 
 # -- the table -------------------------------------------------------------------------------------
 
+_COURSE = {"vislab": "vislab", "course": "course (same precision, channels_last)", "course_fp32": "course fp32 NCHW", "vislab_compiled": "compiled"}
 _ROWS = (  # (measurement, row label, label of each figure)
     ("augment", "augmentation", {"tensor": "tensor", "albumentations": "albumentations"}),
-    ("train_resnet9", "train resnet9", {"vislab": "vislab", "course": "course", "vislab_compiled": "compiled"}),
-    ("train_resnet18", "train resnet18", {"vislab": "vislab", "course": "course", "vislab_compiled": "compiled"}),
+    ("train_resnet9", "train resnet9", _COURSE),
+    ("train_resnet18", "train resnet18", _COURSE),
     ("engine_overhead", "engine overhead", {"engine": "engine", "bare_loop": "bare loop"}),
-    ("evaluate", "evaluate", {"vislab": "vislab", "course": "course"}),
+    ("evaluate", "evaluate", _COURSE),
     ("grad_cam", "grad-cam", {"batched": "batched", "one_at_a_time": "one at a time"}),
     ("lr_find", "lr range test", {"lr_find": "lr-find", "train_step": "train step"}),
 )
@@ -541,6 +562,13 @@ _ROWS = (  # (measurement, row label, label of each figure)
 
 def _value(v: float, unit: str) -> str:
     return f"{v:.3f} {unit}" if unit == "s/step" else f"{v:,.0f} {unit}"
+
+
+def _spread(f: dict[str, Any], unit: str) -> str:
+    """median [min-max]: the spread over the repeats shows how far the machine's load moved the figure."""
+    fmt = (lambda v: f"{v:.3f}") if unit == "s/step" else (lambda v: f"{v:,.0f}")
+    lo, hi = f.get("min", f["median"]), f.get("max", f["median"])
+    return f"{_value(f['median'], unit)} [{fmt(lo)}-{fmt(hi)}]"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -557,16 +585,20 @@ def format_table(report: dict[str, Any]) -> str:
         ratio = f"{ratios[by_figures[(key, a, b)]]:.2f}x"
         if key == "engine_overhead":
             ratio += f" ({100 * (fb['median'] / fa['median'] - 1):+.1f}% time)"
-        rows.append((label, r["setup"], f"{names[a]} {_value(fa['median'], r['unit'])}", f"{names[b]} {_value(fb['median'], r['unit'])}", ratio))
+        rows.append((label, r["setup"], f"{names[a]} {_spread(fa, r['unit'])}", f"{names[b]} {_spread(fb, r['unit'])}", ratio))
         for extra, fe in figs[2:]:
-            ratio = ratios.get(by_figures.get((key, extra, b), ""), fe["median"] / fb["median"])
-            rows.append(("", "torch.compile", f"{names[extra]} {_value(fe['median'], r['unit'])}", "", f"{ratio:.2f}x"))
+            if extra.startswith("course"):  # another baseline: vislab's side against it
+                ratio = ratios.get(by_figures.get((key, a, extra), ""), fa["median"] / fe["median"])
+                rows.append(("", "", "", f"{names[extra]} {_spread(fe, r['unit'])}", f"{ratio:.2f}x"))
+            else:
+                ratio = ratios.get(by_figures.get((key, extra, b), ""), fe["median"] / fb["median"])
+                rows.append(("", "torch.compile", f"{names[extra]} {_spread(fe, r['unit'])}", "", f"{ratio:.2f}x"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     dev = report["device"]
     lines = [
         (
             f"vislab bench ({report['size']}), {report['date']}: {dev['name']}, device {dev['type']} ({dev['precision']}, "
-            f"channels_last={dev['channels_last']}), torch {report['versions']['torch']}, median of {report['repeats']} repeats"
+            f"channels_last={dev['channels_last']}), torch {report['versions']['torch']}, median [min-max] of {report['repeats']} repeats"
         ),
         f"load average (1/5/15 min) before {report['load_avg']['before']}, after {report['load_avg']['after']}; {report['seconds']:.0f} s",
         "",
