@@ -100,6 +100,34 @@ def test_predictions_are_cached_per_checkpoint(run_dir, tmp_path):
     assert not torch.allclose(fresh, cache["logits"])
 
 
+def test_report_predicts_in_the_precision_the_run_recorded(run_dir, tmp_path, monkeypatch):
+    from vislab.engine import _device, resolve_precision
+
+    run = _copy(run_dir, tmp_path / "run")
+    recorded = json.loads((run / "summary.json").read_text())["precision"]  # what auto meant where it trained
+    # The machine writing the report means the other precision by auto.
+    other = "bf16" if recorded == "fp32" else "fp32"
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: avx2 avx512f{' avx512_bf16' if other == 'bf16' else ''}\n")
+    monkeypatch.setattr(_device, "CPUINFO", cpuinfo, raising=False)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: other == "bf16")
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    assert load_run(run, device="cpu").folder.config.trainer.precision == "auto"
+    assert resolve_precision("auto", torch.device("cpu")).name == other
+
+    loaded = load_run(run, device="cpu")
+    assert loaded.precision.name == recorded and loaded.prediction_key["precision"] == recorded
+    # so the report's figures are the run's: the best checkpoint's accuracy is its metrics.jsonl row's
+    logits, labels, _ = loaded.predictions(refresh=True)
+    best = loaded.folder.best_row()
+    assert loaded.checkpoint.name == "best" and loaded.checkpoint_epoch == best["epoch"]
+    assert 100.0 * (logits.argmax(1) == labels).float().mean().item() == pytest.approx(best["test_acc"])
+    # The checkpoint records it too, for a run that stopped before writing summary.json.
+    (run / "summary.json").unlink()
+    assert load_checkpoint(run / "checkpoints" / "best")["precision"] == recorded
+    assert load_run(run, device="cpu").precision.name == recorded
+
+
 def test_interrupted_run_reports_from_last_checkpoint(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path / "run")
     shutil.rmtree(run / "checkpoints" / "best")
@@ -147,7 +175,8 @@ def test_explain_command_targets(run_dir, tmp_path, capsys):
 
 def test_explain_both_targets_differ_for_misclassified_images(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path / "run")
-    res = explain_run(run, n=5, target="both", layer="layer2", faithfulness_n=0, guided=True)
+    # Both sides on the CPU, whatever the machine has: "auto" would put them on a GPU where there is one.
+    res = explain_run(run, n=5, target="both", layer="layer2", faithfulness_n=0, guided=True, device="cpu")
     ex = res.explanation
     if ex.indices.numel() == 0:
         pytest.skip("the tiny run classified every test image correctly")
@@ -155,7 +184,7 @@ def test_explain_both_targets_differ_for_misclassified_images(run_dir, tmp_path)
     assert set(ex.cams) == {"predicted", "actual"} and ex.cams["predicted"].shape == (ex.indices.numel(), 16, 16)
     assert any(not torch.allclose(p, a) for p, a in zip(ex.cams["predicted"], ex.cams["actual"]))
     # each map is Grad-CAM for its own class: the prediction's and the true label's
-    loaded = load_run(run)
+    loaded = load_run(run, device="cpu")
     x = loaded.normalize(loaded.dataset.test_x[ex.indices])
     torch.testing.assert_close(ex.cams["predicted"], grad_cam(loaded.model, x, ex.preds, layer="layer2"))
     torch.testing.assert_close(ex.cams["actual"], grad_cam(loaded.model, x, loaded.dataset.test_y[ex.indices], layer="layer2"))

@@ -169,6 +169,28 @@ def _data_key(cfg: Config, ds: Any) -> dict[str, Any]:
             "classes": list(ds.classes)}
 
 
+def _recorded_precision(folder: RunFolder, state: dict[str, Any], dev: torch.device) -> Precision:
+    """The precision the run evaluated its test set in, so that the report's figures are metrics.jsonl's.
+
+    `auto` is not resolved again: on the machine writing the report it can mean something else (a
+    run trained in fp32 on a CPU, reported on a GPU, would be evaluated in bf16).
+    """
+    recorded = [state.get("precision"), (folder.summary or {}).get("precision"), folder.config.trainer.precision]
+    name = next(n for n in recorded if n in ("bf16", "fp16", "fp32", "auto"))
+    if name == "auto":  # a checkpoint from before they recorded it, of a run that left no summary.json
+        precision = resolve_precision("auto", dev)
+        log.warning(
+            "%s records no resolved precision (trainer.precision = auto): predicting in %s, what auto means on this machine; "
+            "figures may differ slightly from metrics.jsonl", folder.run_dir, precision.name,
+        )
+        return precision
+    if name == "fp16" and dev.type == "cpu":
+        # Refused for training on a CPU, but prediction needs no GradScaler and torch's CPU autocast
+        # runs fp16: a GPU run reported on a CPU keeps its figures.
+        return Precision("fp16", torch.float16, False)
+    return resolve_precision(name, dev)
+
+
 def load_run(
     run_dir: str | Path,
     *,
@@ -193,8 +215,9 @@ def load_run(
     if dataset is None:
         d = cfg.data
         root = str(data_root) if data_root is not None else d.root
+        # val_size too: the held-out images change the training split, and with it the mean/std the model was trained with.
         dataset = load_dataset(d.name, root, train_size=d.train_size, test_size=d.test_size, download=d.download,
-                               cache_dir=d.cache_dir, image_size=d.image_size)
+                               cache_dir=d.cache_dir, image_size=d.image_size, val_size=d.val_size, val_seed=d.val_seed)
     timings["load data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -212,7 +235,7 @@ def load_run(
     channels_last = resolve_channels_last(cfg.trainer.channels_last, dev)
     model = model.to(dev, memory_format=torch.channels_last if channels_last else torch.preserve_format).eval()
     # Predictions run in the precision the run was evaluated in; Grad-CAM always runs in fp32.
-    precision = resolve_precision(cfg.trainer.precision, dev)
+    precision = _recorded_precision(folder, state, dev)
     aug = TensorAugment(augment_spec(cfg), dataset.mean, dataset.std)
     key = {**checkpoint_key(ckpt_path, state), **_data_key(cfg, dataset), "precision": precision.name}
     timings["load model"] = time.perf_counter() - t0
