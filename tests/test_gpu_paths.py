@@ -212,7 +212,8 @@ class _StopAfter(Callback):
             trainer.should_stop = True
 
 
-def test_resume_on_cpu_of_a_checkpoint_saved_on_gpus(tiny_overrides, tmp_path, capsys):
+def test_resume_on_cpu_of_a_checkpoint_saved_on_gpus(tiny_overrides, tmp_path, capsys, fake_gpus):
+    fake_gpus(0)  # resumed on a machine without CUDA, whatever this one has
     out = tmp_path / "run"
     vislab.train("quick", tiny_overrides, out=out, callbacks=[_StopAfter(1)])
     # Make the checkpoint look like one saved by a 2-GPU machine with the data generator on cuda:0.

@@ -117,8 +117,8 @@ def train_one_epoch(
             scaler.update()
             # The scaler skips the optimizer step when the scaled gradients overflowed, and then (and
             # only then) lowers its scale. The schedule must not advance for a step that never
-            # happened (fp16 runs skip their first few). scaler.step already syncs with the host to
-            # decide, so reading the scale back costs nothing more.
+            # happened (fp16 runs skip their first few). For the optimizers vislab builds (not fused),
+            # scaler.step already syncs with the host to decide, so reading the scale back adds no stall.
             stepped = scaler.get_scale() >= scale
         else:
             loss.backward()
