@@ -19,6 +19,7 @@ from vislab.engine import (
     evaluate,
     load_checkpoint,
     resolve_precision,
+    train_one_epoch,
 )
 from vislab.engine.trainer import TrainingDiverged
 from vislab.errors import ConfigError, VislabError
@@ -193,14 +194,73 @@ def test_precisions_and_memory_formats_train(tiny_overrides, tmp_path, precision
     assert run.summary["precision"] == precision and math.isfinite(run.history[0]["test_loss"])
 
 
-def test_albumentations_backend_trains(tiny_overrides, tmp_path):
-    run = vislab.train("quick", {**tiny_overrides, "trainer.epochs": 1, "augment.backend": "albumentations", "augment.workers": 0}, out=tmp_path / "albu")
-    assert run.history[0]["epoch"] == 1 and math.isfinite(run.history[0]["train_loss"])
+def _one_batch_setup(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    x = torch.randn(16, 3, 8, 8)
+    y = torch.arange(16) % 3
+    return model, DeviceLoader(x, y, 16, lambda b, g: b)
 
 
-def test_l1_clip_and_smoothing_options_run(tiny_overrides, tmp_path):
-    run = vislab.train("quick", {**tiny_overrides, "trainer.epochs": 1, "optim.l1": 1e-5, "optim.grad_clip": 1.0, "optim.label_smoothing": 0.1, "optim.name": "adamw", "optim.lr": 0.003, "sched.name": "cosine"}, out=tmp_path / "r")
-    assert math.isfinite(run.history[0]["train_loss"])
+def _one_step(model, loader, lr: float = 0.0, **options) -> dict:
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    return train_one_epoch(model, loader, opt, device=torch.device("cpu"), precision=resolve_precision("fp32", torch.device("cpu")), **options)
+
+
+def test_label_smoothing_and_l1_are_in_the_objective_and_train_ce_is_plain(one_thread):
+    model, loader = _one_batch_setup()
+    with torch.no_grad():
+        model[2].weight.mul_(30)  # confident logits: smoothing then moves the loss well away from the plain CE
+    x, y = next(iter(loader))
+    with torch.no_grad():
+        logits = model(x)
+    plain = F.cross_entropy(logits, y).item()
+    smoothed = F.cross_entropy(logits, y, label_smoothing=0.2).item()
+    l1_term = 1e-3 * sum(p.abs().sum() for p in model.parameters() if p.ndim > 1).item()
+    out = _one_step(model, loader, label_smoothing=0.2, l1=1e-3)
+    assert out["train_loss"] == pytest.approx(smoothed + l1_term, rel=1e-5)
+    assert out["train_ce"] == pytest.approx(plain, rel=1e-5)
+    assert smoothed + l1_term - plain > 0.05  # the two really differ: the check above can tell them apart
+    assert _one_step(model, loader)["train_loss"] == pytest.approx(plain, rel=1e-5)  # options off: the plain CE
+
+
+def test_grad_clip_bounds_the_step(one_thread):
+    model, loader = _one_batch_setup()
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def step_norm(m) -> float:
+        return torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(m.parameters(), before))).item()
+
+    _one_step(model, loader, lr=1.0, grad_clip=0.01)  # plain SGD at lr 1: the step is minus the (clipped) gradient
+    clipped = step_norm(model)
+    model2, _ = _one_batch_setup()
+    _one_step(model2, loader, lr=1.0)
+    assert clipped == pytest.approx(0.01, rel=1e-3) and step_norm(model2) > 0.1
+
+
+def test_albumentations_backend_really_augments_training_batches(tiny_overrides):
+    from vislab.run import build_loaders
+
+    # Flip every image, nothing else: each training input must be the mirror image of a normalized data set image.
+    _, cfg = vislab.load_config("quick", {**tiny_overrides, "augment.backend": "albumentations", "augment.workers": 0,
+                                          "augment.crop_pad": 0, "augment.flip_p": 1.0})
+    ds = vislab.load_dataset("imagefolder", tiny_overrides["data.root"], cache_dir=tiny_overrides["data.cache_dir"])
+    train, _, _ = build_loaders(cfg, ds, torch.device("cpu"), False, 0)
+    mean, std = torch.tensor(ds.mean).view(1, 3, 1, 1), torch.tensor(ds.std).view(1, 3, 1, 1)
+    originals = (ds.train_x.float() / 255 - mean) / std  # (N, 3, H, W)
+    seen: list[torch.Tensor] = []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+    model.register_forward_pre_hook(lambda _m, a: seen.append(a[0].detach().clone()))
+    _one_step(model, train, lr=0.01)
+    inputs = torch.cat(seen)
+    assert len(inputs) == len(train) * train.batch_size
+
+    def nearest(imgs: torch.Tensor) -> torch.Tensor:  # distance of each input to its closest original
+        return torch.cdist(imgs.flatten(1), originals.flatten(1)).min(1).values
+
+    # Mirrored back, every input is an original (up to albumentations' float rounding of Normalize).
+    assert nearest(inputs.flip(-1)).max() < 0.1
+    assert nearest(inputs).min() > 1.0  # as given, none is (the synthetic images are not symmetric)
 
 
 def test_train_writes_report_unless_switched_off(tiny_overrides, tmp_path):

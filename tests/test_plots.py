@@ -89,10 +89,28 @@ def test_curves_plot_the_history_values():
     fig = plot_curves(HISTORY)
     loss_ax, acc_ax = fig.axes
     lines = {ln.get_label(): ln for ln in loss_ax.lines}
-    assert list(lines["test"].get_ydata()) == [r["test_loss"] for r in HISTORY]
-    assert list(lines["train"].get_xdata()) == [1.0, 2.0, 3.0]
+    assert list(lines["test cross-entropy"].get_ydata()) == [r["test_loss"] for r in HISTORY]
+    # A run logged before train_ce: its train loss is labelled as the objective it is.
+    assert list(lines["train objective (may include label smoothing / L1)"].get_xdata()) == [1.0, 2.0, 3.0]
     assert [ln.get_ydata()[-1] for ln in acc_ax.lines] == [HISTORY[-1]["train_acc"], HISTORY[-1]["test_acc"]]
     assert all(ln.get_color() in PALETTE for ln in loss_ax.lines)  # colour-blind-safe palette
+
+
+def test_loss_panel_compares_cross_entropy_with_cross_entropy():
+    # Label smoothing lifts the objective above the plain cross-entropy of the same logits.
+    history = [{**r, "train_ce": r["train_loss"] - 0.3, "val_loss": r["test_loss"] - 0.1, "val_acc": r["test_acc"] + 1} for r in HISTORY]
+    loss_ax, acc_ax = plot_curves(history).axes
+    lines = {ln.get_label(): list(ln.get_ydata()) for ln in loss_ax.lines}
+    assert lines == {
+        "train cross-entropy": [r["train_ce"] for r in history],
+        "train objective (with label smoothing / L1)": [r["train_loss"] for r in history],
+        "validation cross-entropy": [r["val_loss"] for r in history],
+        "test cross-entropy": [r["test_loss"] for r in history],
+    }
+    assert [ln.get_label() for ln in acc_ax.lines] == ["train", "validation", "test"]
+    # Without label smoothing or L1 the objective is the cross-entropy: one train line, not two equal ones.
+    plain = [{**r, "train_ce": r["train_loss"]} for r in HISTORY]
+    assert [ln.get_label() for ln in plot_curves(plain).axes[0].lines] == ["train cross-entropy", "test cross-entropy"]
 
 
 def test_lr_plot_per_step_and_log_scale_for_wide_ranges():

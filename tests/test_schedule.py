@@ -113,3 +113,5 @@ def test_report_states_the_peak_and_the_momentum_training_used(tiny_overrides, t
     md = (run.run_dir / "report.md").read_text()
     assert "peak at 30% of the run (epoch 0.6 of 2)" in md
     assert "momentum cycled by OneCycle 0.95 -> 0.8 at the peak -> 0.95 nesterov" in md
+    # best chosen by test_acc (the default): the report says the best figure is optimistic and gives the final one
+    assert "chosen by test_acc on the test split itself, so its test figure is optimistic" in md

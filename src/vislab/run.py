@@ -145,6 +145,29 @@ def augment_spec(cfg: Config):
 SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
 
 
+def _albu_common(cfg: Config, device: torch.device, seed: int, dist: DistInfo) -> dict:
+    workers = cfg.augment.workers
+    if workers is None:
+        # The processes of a torchrun job on one machine share its cores: N ranks x all cores would oversubscribe N-fold.
+        workers = max(1, (os.cpu_count() or 1) // dist.local_world_size)
+    return dict(num_workers=workers, seed=seed, pin_memory=device.type == "cuda", rank=dist.rank, world_size=dist.world_size)
+
+
+def _eval_loader(cfg: Config, ds, x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool, seed: int, dist: DistInfo):
+    """Normalized, unaugmented, unshuffled batches of (x, y), sharded over the ranks under DDP."""
+    t = cfg.trainer
+    eval_bs = t.eval_batch_size or 2 * t.batch_size
+    if cfg.augment.backend == "tensor":
+        from .augment import TensorAugment
+
+        aug = TensorAugment(augment_spec(cfg), ds.mean, ds.std, channels_last=channels_last)
+        return DeviceLoader(x.to(device), y.to(device), eval_bs, lambda b, g: aug.normalize_only(b), rank=dist.rank, world_size=dist.world_size)
+    from .augment import albumentations_loader
+
+    per_rank = max(1, eval_bs // dist.world_size)
+    return albumentations_loader(x, y, augment_spec(cfg), ds.mean, ds.std, batch_size=per_rank, shuffle=False, train=False, **_albu_common(cfg, device, seed, dist))
+
+
 def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, seed: int, dist: DistInfo = DistInfo()):
     """(train_loader, test_loader, generator whose state drives all data randomness).
 
@@ -152,9 +175,8 @@ def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, se
     each global batch, so `trainer.batch_size` stays the global batch size.
     """
     t = cfg.trainer
-    shard = dict(rank=dist.rank, world_size=dist.world_size)
-    eval_bs = t.eval_batch_size or 2 * t.batch_size
     spec = augment_spec(cfg)
+    test = _eval_loader(cfg, ds, ds.test_x, ds.test_y, device, channels_last, seed, dist)
     if cfg.augment.backend == "tensor":
         from .augment import TensorAugment
 
@@ -163,22 +185,20 @@ def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, se
         gen.manual_seed(seed)
         aug = TensorAugment(spec, ds.mean, ds.std, channels_last=channels_last)
         train_x, train_y = ds.train_x.to(device), ds.train_y.to(device)
-        test_x, test_y = ds.test_x.to(device), ds.test_y.to(device)
-        train = DeviceLoader(train_x, train_y, t.batch_size, aug, shuffle=True, drop_last=t.drop_last, generator=gen, **shard)
-        test = DeviceLoader(test_x, test_y, eval_bs, lambda x, g: aug.normalize_only(x), **shard)
+        train = DeviceLoader(train_x, train_y, t.batch_size, aug, shuffle=True, drop_last=t.drop_last, generator=gen, rank=dist.rank, world_size=dist.world_size)
         return train, test, gen
     from .augment import albumentations_loader
 
-    pin = device.type == "cuda"
-    workers = cfg.augment.workers
-    if workers is None:
-        # The processes of a torchrun job on one machine share its cores: N ranks x all cores would oversubscribe N-fold.
-        workers = max(1, (os.cpu_count() or 1) // dist.local_world_size)
-    common = dict(num_workers=workers, seed=seed, pin_memory=pin, **shard)
-    per_rank, eval_per_rank = t.batch_size // dist.world_size, max(1, eval_bs // dist.world_size)
-    train = albumentations_loader(ds.train_x, ds.train_y, spec, ds.mean, ds.std, batch_size=per_rank, shuffle=True, train=True, drop_last=t.drop_last, **common)
-    test = albumentations_loader(ds.test_x, ds.test_y, spec, ds.mean, ds.std, batch_size=eval_per_rank, shuffle=False, train=False, **common)
+    per_rank = t.batch_size // dist.world_size
+    train = albumentations_loader(ds.train_x, ds.train_y, spec, ds.mean, ds.std, batch_size=per_rank, shuffle=True, train=True, drop_last=t.drop_last, **_albu_common(cfg, device, seed, dist))
     return train, test, getattr(train, "generator", None)
+
+
+def build_val_loader(cfg: Config, ds, device: torch.device, channels_last: bool, seed: int, dist: DistInfo = DistInfo()):
+    """Batches of the validation split held out of train (data.val_size), or None without one."""
+    if ds.val_x is None:
+        return None
+    return _eval_loader(cfg, ds, ds.val_x, ds.val_y, device, channels_last, seed, dist)
 
 
 def _new_run_dir(out: str | Path | None, name: str, overwrite: bool) -> Path:
@@ -242,7 +262,7 @@ def _summary(run_dir: Path, name: str, cfg: Config, trainer: Trainer, device, pr
     metric = cfg.trainer.checkpoint_metric
     best_row = None
     if hist:
-        pick = min if metric == "test_loss" else max
+        pick = min if metric.endswith("_loss") else max
         best_row = pick(hist, key=lambda r: r[metric])
     return {
         "recipe": name,
@@ -261,7 +281,10 @@ def _summary(run_dir: Path, name: str, cfg: Config, trainer: Trainer, device, pr
         "channels_last": channels_last,
         "threads": torch.get_num_threads(),
         "num_parameters": sum(p.numel() for p in model.parameters()),
-        "dataset": {"name": ds.name, "train_images": int(ds.train_x.shape[0]), "test_images": int(ds.test_x.shape[0]), "classes": ds.classes},
+        "dataset": {
+            "name": ds.name, "train_images": int(ds.train_x.shape[0]), "val_images": 0 if ds.val_y is None else int(ds.val_y.shape[0]),
+            "test_images": int(ds.test_x.shape[0]), "classes": ds.classes,
+        },
         "versions": _versions(),
     }
 
@@ -303,12 +326,19 @@ def _load_data(cfg: Config, dataset):
 
     d = cfg.data
     if dataset is not None:
+        if d.val_size and dataset.val_x is None:
+            from .data import with_validation_split
+
+            return with_validation_split(dataset, d.val_size, d.val_seed)
         return dataset
-    return load_dataset(d.name, d.root, train_size=d.train_size, test_size=d.test_size, download=d.download, cache_dir=d.cache_dir, image_size=d.image_size)
+    return load_dataset(
+        d.name, d.root, train_size=d.train_size, test_size=d.test_size, download=d.download, cache_dir=d.cache_dir,
+        image_size=d.image_size, val_size=d.val_size, val_seed=d.val_seed,
+    )
 
 
 def _setup(cfg: Config, ds, device: torch.device, channels_last: bool, dist: DistInfo = DistInfo()):
-    """Seeded model and loaders, exactly as training starts: (model, train_loader, test_loader, generator)."""
+    """Seeded model and loaders, exactly as training starts: (model, train_loader, test_loader, val_loader or None, generator)."""
     t = cfg.trainer
     seed_everything(t.seed)
     model = build_model(cfg, ds.num_classes)
@@ -318,9 +348,10 @@ def _setup(cfg: Config, ds, device: torch.device, channels_last: bool, dist: Dis
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_loader, test_loader, gen = build_loaders(cfg, ds, device, channels_last, t.seed, dist)
+    val_loader = build_val_loader(cfg, ds, device, channels_last, t.seed, dist)
     if len(train_loader) == 0:
         raise ConfigError(f"trainer.batch_size = {t.batch_size} is larger than the training set ({ds.train_x.shape[0]} images); lower it or set trainer.drop_last=false.")
-    return model, train_loader, test_loader, gen
+    return model, train_loader, test_loader, val_loader, gen
 
 
 def _auto_fields(cfg: Config) -> list[str]:
@@ -330,11 +361,18 @@ def _auto_fields(cfg: Config) -> list[str]:
     return fields
 
 
-def _range_test(cfg: Config, model: nn.Module, train_loader, test_loader, gen, device: torch.device, precision, channels_last: bool) -> "LRFinder":
+def _range_test(cfg: Config, model: nn.Module, train_loader, val_loader, gen, device: torch.device, precision, channels_last: bool) -> "LRFinder":
     """The config's LR range test (section lr_find) with the config's optimizer; state is restored after."""
     from .tuner import LRFinder
 
     o, f = cfg.optim, cfg.lr_find
+    if f.measure != "loss" and val_loader is None:
+        # The test split judges the finished model; choosing an LR on it would leak it into training.
+        raise ConfigError(
+            f"lr_find.measure = {f.measure} needs a validation split, and the range test never reads the test split: set "
+            f"data.val_size (e.g. 5000 images held out of train; at least {f.val_batches} batches of "
+            f"{cfg.trainer.eval_batch_size or 2 * cfg.trainer.batch_size}), or use lr_find.measure=loss."
+        )
     suggestion = f.suggestion or ("onecycle" if cfg.sched.name == "onecycle" else "valley")
     # The sweep sets every step's LR itself; the optimizer's own LR is never used.
     momentum, betas = o.momentum, o.betas
@@ -346,10 +384,10 @@ def _range_test(cfg: Config, model: nn.Module, train_loader, test_loader, gen, d
         model, optimizer, train_loader, device=device, precision=precision, channels_last=channels_last, generator=gen,
         label_smoothing=o.label_smoothing, l1=o.l1, grad_clip=o.grad_clip, progress=cfg.trainer.progress, suggestion=suggestion,
     )
-    # The held-out batches of val_loss / accuracy come from the test split, as in the course's LR-vs-accuracy test.
+    # The held-out batches of val_loss / accuracy come from the validation split (data.val_size).
     finder.range_test(
         f.start_lr, f.end_lr, f.num_iter, mode=f.mode, smooth_f=f.smooth_f, diverge_th=f.diverge_th,
-        val_loader=test_loader if f.measure != "loss" else None, val_batches=f.val_batches, accuracy=f.measure == "accuracy",
+        val_loader=val_loader if f.measure != "loss" else None, val_batches=f.val_batches, accuracy=f.measure == "accuracy",
     )
     return finder
 
@@ -407,13 +445,13 @@ def lr_find(
         run_dir = _new_run_dir(out, f"lr-find-{name}", overwrite=False)
         _check_writable(run_dir)
     with _determinism(t.deterministic, device):
-        model, train_loader, test_loader, gen = _setup(cfg, ds, device, channels_last)
+        model, train_loader, _, val_loader, gen = _setup(cfg, ds, device, channels_last)
         log.info(
             "LR range test of %s: %s on %s (%s, %s, channels_last=%s), %s optimizer, lr %.3g..%.3g over %d steps",
             name, cfg.model.name, ds.name, _device_name(device), precision.name, channels_last, cfg.optim.name,
             cfg.lr_find.start_lr, cfg.lr_find.end_lr, cfg.lr_find.num_iter,
         )
-        finder = _range_test(cfg, model, train_loader, test_loader, gen, device, precision, channels_last)
+        finder = _range_test(cfg, model, train_loader, val_loader, gen, device, precision, channels_last)
     if run_dir is not None:
         finder.save(run_dir)
         header = f"# vislab {__version__} config of the LR range test of recipe {name!r}\n"
@@ -489,7 +527,7 @@ def train(
         run_dir = Path(broadcast_object(str(run_dir) if dist.is_main else None))
 
     with _determinism(t.deterministic, device):
-        model, train_loader, test_loader, gen = _setup(cfg, ds, device, channels_last, dist)
+        model, train_loader, test_loader, val_loader, gen = _setup(cfg, ds, device, channels_last, dist)
         s = cfg.sched
         if s.name == "onecycle":  # before a range test spends minutes: the schedule must fit the real step count
             onecycle_peak_fraction(t.epochs, len(train_loader), s.peak_epoch, s.peak_fraction)
@@ -497,7 +535,7 @@ def train(
         if auto:
             # Model, RNG and data-order state are restored after the sweep: training then starts
             # exactly as it would have with the chosen LR written in the recipe.
-            finder = _range_test(cfg, model, train_loader, test_loader, gen, device, precision, channels_last)
+            finder = _range_test(cfg, model, train_loader, val_loader, gen, device, precision, channels_last)
             _resolve_auto_lr(cfg, auto, finder)
         o, s = cfg.optim, cfg.sched
         optimizer = create_optimizer(model, o.name, o.lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas)
@@ -522,7 +560,7 @@ def train(
             ckpt_dir.mkdir(parents=True, exist_ok=True)
         files = [MetricsLogger(run_dir / "metrics.jsonl"), LRMonitor(run_dir / "lr_steps.json"), Checkpointer(ckpt_dir, t.checkpoint_metric)] if dist.is_main else []
         trainer = Trainer(
-            model, optimizer, scheduler, train_loader=train_loader, test_loader=test_loader, epochs=t.epochs,
+            model, optimizer, scheduler, train_loader=train_loader, test_loader=test_loader, val_loader=val_loader, epochs=t.epochs,
             device=device, precision=precision, channels_last=channels_last, label_smoothing=o.label_smoothing,
             l1=o.l1, grad_clip=o.grad_clip, progress=t.progress, generator=gen, compiled_model=compiled,
             callbacks=[*files, *callbacks],

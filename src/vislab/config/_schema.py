@@ -22,6 +22,8 @@ class DataConfig(_Section):
     cache_dir: Optional[str] = None  # where downloads and decoded caches live (None: user cache dir)
     train_size: Optional[int] = Field(None, gt=0)  # class-balanced number of training images (None: all)
     test_size: Optional[int] = Field(None, gt=0)  # class-balanced number of test images (None: all)
+    val_size: int = Field(0, ge=0)  # class-balanced random validation images held out of train (0: none, as the course ran)
+    val_seed: int = 0  # seed of the validation draw (apart from trainer.seed, so the split stays put when that changes)
     image_size: Optional[int] = Field(None, gt=0)  # resize imagefolder images to this square size
 
 
@@ -78,7 +80,7 @@ class SchedConfig(_Section):
     base_momentum: float = Field(0.85, ge=0.0, lt=1.0)  # momentum at the peak LR when cycle_momentum
     max_momentum: float = Field(0.95, ge=0.0, lt=1.0)  # momentum at the start and end when cycle_momentum
     # ReduceLROnPlateau, stepped per epoch on a test metric
-    monitor: Literal["test_loss", "test_acc"] = "test_loss"
+    monitor: Literal["test_loss", "test_acc", "val_loss", "val_acc"] = "test_loss"
     mode: Literal["min", "max"] = "min"
     factor: float = Field(0.1, gt=0.0, lt=1.0)
     patience: int = Field(2, ge=0)
@@ -101,7 +103,7 @@ class SchedConfig(_Section):
         if self.max_lr == "auto" and self.name != "onecycle":
             raise ValueError(f"sched.max_lr=auto only applies to sched.name=onecycle (got {self.name}); use optim.lr=auto instead")
         if self.name == "plateau":
-            wanted = "max" if self.monitor == "test_acc" else "min"
+            wanted = "max" if self.monitor.endswith("_acc") else "min"
             if self.mode != wanted:
                 raise ValueError(f"sched.monitor={self.monitor} needs sched.mode={wanted}, got {self.mode}")
         return self
@@ -117,7 +119,7 @@ class TrainerConfig(_Section):
     compile: bool = False  # torch.compile the model (slow start; pays off on long GPU runs)
     seed: int = Field(0, ge=0)
     deterministic: bool = False  # deterministic algorithms (exact resume; slower on GPU)
-    checkpoint_metric: Literal["test_acc", "test_loss"] = "test_acc"  # what picks the `best` checkpoint
+    checkpoint_metric: Literal["test_acc", "test_loss", "val_acc", "val_loss"] = "test_acc"  # what picks the `best` checkpoint (val_*: needs data.val_size)
     progress: bool = True  # per-step progress bar
     drop_last: bool = True  # drop the last incomplete training batch
     report: bool = True  # write report.md / report.html into the run folder at the end
@@ -141,8 +143,8 @@ class LRFindConfig(_Section):
     end_lr: float = Field(10.0, gt=0.0)  # LR of the last step (the sweep usually diverges before)
     num_iter: int = Field(100, ge=11, le=100_000)  # steps, one batch each (>= 11: a suggestion needs 10 after the first 10% are skipped)
     mode: Literal["exp", "linear"] = "exp"  # spacing of the LRs between start_lr and end_lr
-    measure: Literal["loss", "val_loss", "accuracy"] = "loss"  # training-batch loss, or loss / accuracy on held-out batches
-    val_batches: int = Field(4, gt=0)  # held-out batches (first batches of the test split) for val_loss / accuracy
+    measure: Literal["loss", "val_loss", "accuracy"] = "loss"  # training-batch loss, or loss / accuracy on validation batches (needs data.val_size)
+    val_batches: int = Field(4, gt=0)  # batches of the validation split (data.val_size) for val_loss / accuracy
     smooth_f: float = Field(0.05, ge=0.0, lt=1.0)  # weight of the newest value in the smoothed curve; 0 disables smoothing
     diverge_th: float = Field(5.0, gt=1.0)  # stop once the smoothed loss exceeds diverge_th x its best value
     suggestion: Optional[Literal["valley", "steepest", "min_loss_div10", "onecycle"]] = None  # what auto uses; None: onecycle's peak under OneCycle, else valley
@@ -166,6 +168,10 @@ class Config(_Section):
     @model_validator(mode="after")
     def _check(self) -> "Config":
         s, epochs = self.sched, self.trainer.epochs
+        if not self.data.val_size:
+            for field, metric in (("sched.monitor", s.monitor if s.name == "plateau" else ""), ("trainer.checkpoint_metric", self.trainer.checkpoint_metric)):
+                if metric.startswith("val_"):
+                    raise ValueError(f"{field} = {metric} needs a validation split: set data.val_size (e.g. 5000 images held out of train), or monitor test_loss / test_acc")
         if s.name == "onecycle" and s.peak_epoch is not None and not s.peak_epoch < epochs:
             raise ValueError(
                 f"sched.peak_epoch = {s.peak_epoch:g} must lie strictly between 0 and trainer.epochs = {epochs}. To shorten a run and "

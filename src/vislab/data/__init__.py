@@ -11,12 +11,14 @@ import torch
 
 from vislab.data._cache import default_cache_dir, resolve_cache_dir
 from vislab.data._cifar import load_cifar
-from vislab.data._dataset import ImageDataset, balanced_indices, balanced_subset, channel_stats, check_subset_size
+from vislab.data._dataset import (
+    ImageDataset, balanced_indices, balanced_subset, channel_stats, check_subset_size, split_validation, with_validation_split,
+)
 from vislab.data._decode import resize_nchw
 from vislab.data._imagefolder import load_imagefolder
 from vislab.errors import ConfigError, DataError
 
-__all__ = ["ImageDataset", "balanced_subset", "default_cache_dir", "list_datasets", "load_dataset"]
+__all__ = ["ImageDataset", "balanced_subset", "default_cache_dir", "list_datasets", "load_dataset", "with_validation_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +79,16 @@ def load_dataset(
     download: bool = True,
     cache_dir: str | Path | None = None,
     image_size: int | None = None,
+    val_size: int = 0,
+    val_seed: int = 0,
 ) -> ImageDataset:
     """Load a whole data set into memory as uint8 tensors.
 
     train_size / test_size take class-balanced subsets (the first images of each class in data set
     order); image_size resizes every image to image_size x image_size (and, for image folders,
-    converts grayscale/RGBA to RGB). mean/std are computed on the returned train split.
+    converts grayscale/RGBA to RGB). val_size > 0 holds out a class-balanced random (seeded by
+    val_seed) validation split from the training images first; train_size then subsets what is
+    left. mean/std are computed on the returned train split.
 
     CIFAR is read from root (the extracted folder, or the official .tar.gz) or else from cache_dir,
     downloading the archive there when allowed. Archives are unpickled only after their MD5 matched
@@ -94,6 +100,8 @@ def load_dataset(
         raise ConfigError(f"data.name = {name!r} is not a known data set; choose one of: {', '.join(list_datasets())}.")
     train_size = check_subset_size(train_size, "data.train_size")
     test_size = check_subset_size(test_size, "data.test_size")
+    if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
+        raise ConfigError(f"data.val_size = {val_size!r} is not allowed: give a whole number of images to hold out of the training split for validation, or 0 for none.")
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0):
         raise ConfigError(f"data.image_size = {image_size!r} is not allowed: give a positive whole number of pixels (square images), or leave it unset.")
     root_path = Path(root).expanduser() if root is not None else None
@@ -101,9 +109,12 @@ def load_dataset(
     train_x, train_y, test_x, test_y, classes = _LOADERS[key](root_path, resolve_cache_dir(cache_dir), download, image_size)
     train_x, train_y = torch.from_numpy(train_x), torch.from_numpy(train_y)
     test_x, test_y = torch.from_numpy(test_x), torch.from_numpy(test_y)
+    val_x = val_y = None
+    if val_size:
+        train_x, train_y, val_x, val_y = split_validation(train_x, train_y, val_size, len(classes), val_seed)
     train_x, train_y = _subset(train_x, train_y, train_size, len(classes), "data.train_size")
     test_x, test_y = _subset(test_x, test_y, test_size, len(classes), "data.test_size")
     mean, std = channel_stats(train_x)
-    ds = ImageDataset(key, train_x.contiguous(), train_y.long(), test_x.contiguous(), test_y.long(), list(classes), mean, std)
+    ds = ImageDataset(key, train_x.contiguous(), train_y.long(), test_x.contiguous(), test_y.long(), list(classes), mean, std, val_x, val_y)
     logger.info("%r", ds)
     return ds

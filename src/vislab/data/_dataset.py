@@ -21,6 +21,8 @@ class ImageDataset:
     classes: list[str]  # class name per label: classes[label]
     mean: tuple[float, float, float]  # per-channel mean of train_x in [0, 1] units
     std: tuple[float, float, float]  # per-channel population std (ddof=0) of train_x in [0, 1] units
+    val_x: torch.Tensor | None = None  # (V, 3, H, W) uint8 held out from the training split (data.val_size), or None
+    val_y: torch.Tensor | None = None  # (V,) int64
 
     @property
     def num_classes(self) -> int:
@@ -37,7 +39,9 @@ class ImageDataset:
         mean = ", ".join(f"{m:.4f}" for m in self.mean)
         std = ", ".join(f"{s:.4f}" for s in self.std)
         return (
-            f"ImageDataset(name={self.name!r}, train={len(self.train_y)}, test={len(self.test_y)}, "
+            f"ImageDataset(name={self.name!r}, train={len(self.train_y)}, "
+            + (f"val={len(self.val_y)}, " if self.val_y is not None else "")
+            + f"test={len(self.test_y)}, "
             f"image_size=({h}, {w}), num_classes={self.num_classes}, mean=({mean}), std=({std}))"
         )
 
@@ -106,6 +110,43 @@ def balanced_indices(y: torch.Tensor, n: int, num_classes: int, field: str = "n"
     rank = torch.empty_like(y)
     rank[order] = torch.arange(total) - starts[y[order]]
     return (rank < quota[y]).nonzero().flatten()
+
+
+def balanced_random_indices(y: torch.Tensor, n: int, num_classes: int, seed: int, field: str = "n") -> torch.Tensor:
+    """Indices of n images drawn at random within each class, with balanced_indices' quotas, in a random order.
+
+    Unlike balanced_indices (the FIRST images of each class, so subsets nest), the draw is seeded
+    and random: a validation split should not be whatever happens to come first in a folder, and
+    its first batches (all an LR range test reads) should mix the classes, not hold one or two.
+    """
+    total = int(y.shape[0])
+    if n >= total:
+        raise DataError(f"{field} = {n} leaves no training images: the training split has only {total}; choose a smaller {field}.")
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(total, generator=g)  # a random order; balanced_indices then keeps its first images per class
+    return perm[balanced_indices(y[perm], n, num_classes, field)]  # balanced_indices keeps perm's (random) order
+
+
+def split_validation(
+    x: torch.Tensor, y: torch.Tensor, val_size: int, num_classes: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train_x, train_y, val_x, val_y): val_size class-balanced random images held out.
+
+    Train keeps data set order; validation comes in the random order of the draw (classes mixed).
+    """
+    idx = balanced_random_indices(y, val_size, num_classes, seed, "data.val_size")
+    held = torch.zeros(len(y), dtype=torch.bool)
+    held[idx] = True
+    return x[~held].contiguous(), y[~held].contiguous(), x[idx].contiguous(), y[idx].long().contiguous()
+
+
+def with_validation_split(ds: ImageDataset, val_size: int, seed: int = 0) -> ImageDataset:
+    """A copy of an in-memory data set with val_size training images held out for validation (mean/std recomputed)."""
+    if ds.val_x is not None:
+        raise DataError(f"the data set already has a validation split of {len(ds.val_y)} images; data.val_size cannot take another.")
+    train_x, train_y, val_x, val_y = split_validation(ds.train_x, ds.train_y, val_size, ds.num_classes, seed)
+    mean, std = channel_stats(train_x)
+    return ImageDataset(ds.name, train_x, train_y, ds.test_x, ds.test_y, list(ds.classes), mean, std, val_x, val_y)
 
 
 def balanced_subset(x: torch.Tensor, y: torch.Tensor, n: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

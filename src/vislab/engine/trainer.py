@@ -81,6 +81,9 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over `loader`; returns mean per-sample train loss, accuracy (%) and the LR of its last step.
 
+    train_loss is the objective that was minimised (cross-entropy with label smoothing, plus the L1
+    term); train_ce is the plain cross-entropy of the same logits, the quantity a test loss measures.
+
     A NaN/inf loss raises `TrainingDiverged` (checked twice a second and at the end, without a
     host sync per step) unless `stop_on_nonfinite=False`, as the LR range test needs.
     """
@@ -88,6 +91,7 @@ def train_one_epoch(
     # Sums stay on the device (no host sync per step) and become Python floats once per epoch;
     # they are detached, so no autograd graph is kept alive.
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    ce_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # first step with a non-finite loss
     seen = 0
@@ -132,6 +136,10 @@ def train_one_epoch(
         # Recorded on the device without a host sync; read back twice a second at most.
         first_bad = torch.where(~torch.isfinite(loss.detach()) & (first_bad < 0), batch_idx, first_bad)
         loss_sum += loss.detach().double() * n
+        if label_smoothing or l1:  # from the same logits, no extra forward pass
+            ce_sum += F.cross_entropy(logits.detach().float(), y, reduction="sum").double()
+        else:
+            ce_sum += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == y).sum()
         seen += n
         if trainer is not None:
@@ -152,11 +160,11 @@ def train_one_epoch(
     bar.close()
     if stop_on_nonfinite:
         _check_finite(first_bad, lrs, trainer)
-    loss_total, correct_total, seen = reduce_sums(loss_sum, correct, seen)  # over all ranks under DDP
+    loss_total, ce_total, correct_total, seen = reduce_sums(loss_sum, ce_sum, correct, seen)  # over all ranks under DDP
     if seen == 0:
         raise VislabError("The training loader produced no batch: the training set is smaller than trainer.batch_size with trainer.drop_last=true.")
     # The LR the last step used; the optimizer's current value is already the next step's.
-    return {"train_loss": loss_total / seen, "train_acc": 100.0 * correct_total / seen, "lr": lr}
+    return {"train_loss": loss_total / seen, "train_ce": ce_total / seen, "train_acc": 100.0 * correct_total / seen, "lr": lr}
 
 
 def _check_finite(first_bad: torch.Tensor, lrs: list[float], trainer: "Trainer | None") -> None:
@@ -230,6 +238,7 @@ class Trainer:
         progress: bool = True,
         generator: torch.Generator | None = None,
         compiled_model: nn.Module | None = None,
+        val_loader: Iterable | None = None,
     ):
         self.model = model  # the module whose state is saved (never the compiled wrapper)
         self.forward_model = compiled_model if compiled_model is not None else model
@@ -239,6 +248,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
         self.train_loader = train_loader
         self.test_loader = test_loader
+        self.val_loader = val_loader  # a split held out of train (data.val_size): val_loss / val_acc columns
         self.epochs = epochs
         self.device = device
         self.precision = precision
@@ -290,6 +300,10 @@ class Trainer:
                 self._save_interrupted()
                 raise Interrupted(self.stop_signal, epoch, self.global_step - step0)
             test = evaluate(self.eval_model, self.test_loader, device=self.device, precision=self.precision, channels_last=self.channels_last)
+            val = {}
+            if self.val_loader is not None:
+                m = evaluate(self.eval_model, self.val_loader, device=self.device, precision=self.precision, channels_last=self.channels_last)
+                val = {"val_loss": m["test_loss"], "val_acc": m["test_acc"]}
         except torch.OutOfMemoryError:
             bs = getattr(self.train_loader, "batch_size", "?")
             raise VislabError(
@@ -297,21 +311,25 @@ class Trainer:
                 f"trainer.batch_size = {bs}. Lower trainer.batch_size (e.g. to {bs // 2 if isinstance(bs, int) else 'half'}), "
                 f"use trainer.precision=bf16, or a smaller model.width; the last good checkpoint is kept."
             ) from None
-        self.scheduler.step_epoch({**train, **test})
+        self.scheduler.step_epoch({**train, **val, **test})
         self.epoch = epoch
         row = {
             "epoch": epoch,
             "lr": train["lr"],
             "train_loss": train["train_loss"],
+            "train_ce": train["train_ce"],
             "train_acc": train["train_acc"],
+            **val,
             "test_loss": test["test_loss"],
             "test_acc": test["test_acc"],
             "seconds": time.perf_counter() - start,
         }
         self.history.append(row)
         log.info(
-            "epoch %d/%d  train loss %.4f acc %.2f%%  test loss %.4f acc %.2f%%  lr %.3g  %.1fs",
-            epoch, self.epochs, row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"], train["lr"], row["seconds"],
+            "epoch %d/%d  train loss %.4f acc %.2f%%%s  test loss %.4f acc %.2f%%  lr %.3g  %.1fs",
+            epoch, self.epochs, row["train_loss"], row["train_acc"],
+            f"  val loss {val['val_loss']:.4f} acc {val['val_acc']:.2f}%" if val else "",
+            row["test_loss"], row["test_acc"], train["lr"], row["seconds"],
         )
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)

@@ -29,29 +29,49 @@ def _pair(ax: Axes | Sequence[Axes] | None, figsize: tuple[float, float]) -> tup
     return ax[0].figure, ax[0], ax[1]
 
 
-def _plot_metric(history: Rows, ax: Axes | None, key: str, ylabel: str, title: str) -> Figure:
+# (metrics.jsonl column, legend label, line style); a loss panel compares like with like: the plain
+# cross-entropy of the training batches against the validation and test cross-entropy.
+_LOSS_SERIES = (
+    ("train_ce", "train cross-entropy", "--"),
+    ("train_loss", "train objective (with label smoothing / L1)", ":"),
+    ("val_loss", "validation cross-entropy", "-."),
+    ("test_loss", "test cross-entropy", "-"),
+)
+_ACC_SERIES = (("train_acc", "train", "--"), ("val_acc", "validation", "-."), ("test_acc", "test", "-"))
+
+
+def _loss_series(history: Rows) -> list[tuple[str, str, str]]:
+    if not any("train_ce" in r for r in history):
+        # Runs logged before train_ce existed: their train_loss is the objective, which may include label smoothing / L1.
+        return [("train_loss", "train objective (may include label smoothing / L1)", "--"), *_LOSS_SERIES[2:]]
+    # The objective gets its own line only where it differs from the plain cross-entropy.
+    differs = any(r.get("train_ce") is not None and abs(float(r["train_loss"]) - float(r["train_ce"])) > 1e-9 for r in history)
+    return [s for s in _LOSS_SERIES if s[0] != "train_loss" or differs]
+
+
+def _plot_metric(history: Rows, ax: Axes | None, series: Sequence[tuple[str, str, str]], ylabel: str, title: str) -> Figure:
     fig, ax = new_axes(ax, (5.0, 3.4))
-    for i, split in enumerate(("train", "test")):
-        x, y = _series(history, f"{split}_{key}")
+    for i, (key, label, style) in enumerate(series):
+        x, y = _series(history, key)
         if x:
-            ax.plot(x, y, marker="o", ms=3, color=color(i), ls="-" if split == "test" else "--", label=split)
+            ax.plot(x, y, marker="o", ms=3, color=color(i), ls=style, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend()
+        ax.legend(fontsize="small")
     return fig
 
 
 def plot_loss(history: Rows, ax: Axes | None = None) -> Figure:
-    """Train and test loss per epoch."""
-    return _plot_metric(history, ax, "loss", "cross-entropy", "loss")
+    """Cross-entropy per epoch: train (plain, and the objective where label smoothing / L1 change it), validation, test."""
+    return _plot_metric(history, ax, _loss_series(history), "loss", "loss")
 
 
 def plot_accuracy(history: Rows, ax: Axes | None = None) -> Figure:
-    """Train and test accuracy (%) per epoch."""
-    return _plot_metric(history, ax, "acc", "accuracy (%)", "accuracy")
+    """Train, validation (when there is a split) and test accuracy (%) per epoch."""
+    return _plot_metric(history, ax, _ACC_SERIES, "accuracy (%)", "accuracy")
 
 
 def plot_curves(history: Rows, ax: Sequence[Axes] | None = None) -> Figure:

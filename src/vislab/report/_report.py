@@ -61,13 +61,35 @@ def _pct(v: float) -> str:
     return f"{v:.2f}" if math.isfinite(v) else "n/a"
 
 
-def _metric_rows(folder: RunFolder) -> list[list[Any]]:
+def _metric_table(folder: RunFolder) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the best and final epochs; train cross-entropy and validation columns when logged."""
+    best, final = folder.best_row(), folder.final_row()
+    has_ce = any(r and "train_ce" in r for r in (best, final))
+    has_val = any(r and "val_loss" in r for r in (best, final))
+    header = ["", "epoch", "train objective" if has_ce else "train loss"] + (["train CE"] if has_ce else []) + ["train acc (%)"]
+    header += (["val loss", "val acc (%)"] if has_val else []) + ["test loss", "test acc (%)", "lr", "epoch seconds"]
     rows = []
-    for label, r in (("best", folder.best_row()), ("final", folder.final_row())):
+    for label, r in (("best", best), ("final", final)):
         if r:
-            rows.append([label, int(r["epoch"]), f"{r['train_loss']:.4f}", _pct(r["train_acc"]), f"{r['test_loss']:.4f}",
-                         _pct(r["test_acc"]), f"{r['lr']:.3g}" if r.get("lr") is not None else "", f"{r.get('seconds', 0.0):.1f}"])
-    return rows
+            row = [label, int(r["epoch"]), f"{r['train_loss']:.4f}"] + ([f"{r['train_ce']:.4f}"] if has_ce else []) + [_pct(r["train_acc"])]
+            if has_val:
+                row += [f"{r['val_loss']:.4f}", _pct(r["val_acc"])]
+            row += [f"{r['test_loss']:.4f}", _pct(r["test_acc"]), f"{r['lr']:.3g}" if r.get("lr") is not None else "", f"{r.get('seconds', 0.0):.1f}"]
+            rows.append(row)
+    return header, rows
+
+
+def _best_note(folder: RunFolder) -> str | None:
+    """Why 'best' is an optimistic figure when the test split chose it."""
+    metric = folder.config.trainer.checkpoint_metric
+    best, final = folder.best_row(), folder.final_row()
+    if not (best and final) or not metric.startswith("test_"):
+        return None
+    return (
+        f"The best epoch ({int(best['epoch'])}, {_pct(best['test_acc'])}%) was chosen by {metric} on the test split itself, so its "
+        f"test figure is optimistic: an unbiased estimate is the final epoch's, {_pct(final['test_acc'])}%. Set data.val_size "
+        "and trainer.checkpoint_metric=val_acc (or val_loss) to choose on a validation split instead."
+    )
 
 
 def _peak(s, epochs: int) -> str:
@@ -186,9 +208,15 @@ def make_report(
 
     t0 = time.perf_counter()
     doc.heading("Metrics")
-    rows = _metric_rows(folder)
+    header, rows = _metric_table(folder)
     if rows:
-        doc.table(["", "epoch", "train loss", "train acc (%)", "test loss", "test acc (%)", "lr", "epoch seconds"], rows)
+        doc.table(header, rows)
+        if "train CE" in header:
+            doc.para("train objective: what was minimised (cross-entropy with label smoothing, plus the L1 term); train CE: the "
+                     "plain cross-entropy of the same training batches, comparable with the validation and test loss.", note=True)
+        note = _best_note(folder)
+        if note:
+            doc.para(note, note=True)
     else:
         doc.para("metrics.jsonl holds no finished epoch.", note=True)
     facts = [f"test accuracy of {run.checkpoint.name} recomputed from the cached predictions: {_pct(overall)}% on {labels.numel():,} images"]
