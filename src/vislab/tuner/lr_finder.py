@@ -333,7 +333,7 @@ class LRFinder:
         if not diverge_th > 1.0:
             raise ConfigError(f"LR range test diverge_th = {diverge_th!r} must be > 1.")
         if accuracy and val_loader is None:
-            raise ConfigError("The LR range test's accuracy mode measures accuracy on held-out batches: pass val_loader (lr_find.measure=accuracy uses the test split).")
+            raise ConfigError("The LR range test's accuracy mode measures accuracy on held-out batches: pass val_loader (lr_find.measure=accuracy uses the validation split, data.val_size).")
         if val_batches is not None and val_batches < 1:
             raise ConfigError(f"LR range test val_batches = {val_batches!r} must be >= 1 (or None for the whole val_loader).")
         measure = "accuracy" if accuracy else ("val_loss" if val_loader is not None else "loss")
