@@ -124,8 +124,15 @@ def test_report_predicts_in_the_precision_the_run_recorded(run_dir, tmp_path, mo
     assert 100.0 * (logits.argmax(1) == labels).float().mean().item() == pytest.approx(best["test_acc"])
     # The checkpoint records it too, for a run that stopped before writing summary.json.
     (run / "summary.json").unlink()
-    assert load_checkpoint(run / "checkpoints" / "best")["precision"] == recorded
+    state = load_checkpoint(run / "checkpoints" / "best")
+    assert state["precision"] == recorded
     assert load_run(run, device="cpu").precision.name == recorded
+    # An fp16 GPU run reported on a CPU: the config refuses fp16 there for training, prediction runs it.
+    state["precision"] = "fp16"
+    save_checkpoint(run / "checkpoints" / "best", state)
+    fp16 = load_run(run, device="cpu")
+    assert fp16.precision.name == "fp16" and fp16.precision.dtype == torch.float16
+    assert torch.isfinite(fp16.predictions(refresh=True)[0]).all()
 
 
 def test_interrupted_run_reports_from_last_checkpoint(run_dir, tmp_path):
