@@ -89,3 +89,11 @@ def test_training_logs_validation_columns_and_can_pick_best_by_them(tiny_overrid
     assert summary["dataset"]["val_images"] == 12 and summary["dataset"]["train_images"] == 60
     md = (run.run_dir / "report.md").read_text()
     assert "| val loss | val acc (%) |" in md and "optimistic" not in md  # chosen on validation: no warning
+    # The report reloads the data with the same split, so it normalizes as training did: its recomputed
+    # test accuracy of the best checkpoint is the logged one.
+    numbers = json.loads((run.run_dir / "report.json").read_text())
+    assert numbers["test_acc"] == pytest.approx(best["test_acc"], abs=1e-4)
+    from vislab.report import load_run
+
+    loaded = load_run(run.run_dir)
+    assert loaded.dataset.mean == _load(tiny_overrides, val_size=12).mean != _load(tiny_overrides).mean

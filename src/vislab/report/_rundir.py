@@ -215,8 +215,9 @@ def load_run(
     if dataset is None:
         d = cfg.data
         root = str(data_root) if data_root is not None else d.root
+        # val_size too: the held-out images change the training split, and with it the mean/std the model was trained with.
         dataset = load_dataset(d.name, root, train_size=d.train_size, test_size=d.test_size, download=d.download,
-                               cache_dir=d.cache_dir, image_size=d.image_size)
+                               cache_dir=d.cache_dir, image_size=d.image_size, val_size=d.val_size, val_seed=d.val_seed)
     timings["load data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
