@@ -105,7 +105,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     ra, rb = _rows(a), _rows(b)
     assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb]
     for x, y in zip(ra, rb):
-        for k in ("lr", "train_loss", "train_acc", "test_loss", "test_acc"):
+        for k in ("lr", "train_loss", "train_ce", "train_acc", "test_loss", "test_acc"):
             assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-5), k
     wa, wb = load_checkpoint(a / "checkpoints" / "last")["model"], load_checkpoint(b / "checkpoints" / "last")["model"]
     for k in wa:

@@ -107,7 +107,7 @@ def test_train_writes_run_folder_and_learns(tiny_overrides, tmp_path):
         assert (out / f).is_file(), f
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] == [r["epoch"] for r in run.history]
-    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds"}
+    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_ce", "train_acc", "test_loss", "test_acc", "seconds"}
     # The synthetic classes are separable: a few epochs must beat chance (33%) clearly.
     assert rows[-1]["test_acc"] > 60
     summary = json.loads((out / "summary.json").read_text())
