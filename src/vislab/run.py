@@ -573,7 +573,7 @@ def train(
                 state = load_checkpoint(ckpt_dir / "last", map_location=device)
                 try:
                     trainer.load_state_dict(state)
-                except (RuntimeError, KeyError, ValueError) as e:
+                except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
                     raise VislabError(f"--resume {str(run_dir)!r}: the checkpoint does not fit the run's config.yaml ({str(e).splitlines()[0][:160]}); was config.yaml edited? Start a new run instead.") from None
                 log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, t.epochs)
             else:

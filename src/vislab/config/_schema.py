@@ -114,7 +114,7 @@ class TrainerConfig(_Section):
     batch_size: int = Field(512, gt=0, le=65_536)
     eval_batch_size: Optional[int] = Field(None, gt=0)  # None: 2 x batch_size
     device: str = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 where fast, fp16 on old GPUs
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA sm80+ and CPUs with native bf16 (avx512_bf16 / amx_bf16), fp16 + GradScaler on older GPUs, else fp32
     channels_last: Literal["auto", True, False] = "auto"
     compile: bool = False  # torch.compile the model (slow start; pays off on long GPU runs)
     seed: int = Field(0, ge=0)
