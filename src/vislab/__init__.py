@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # Public names, imported on first use so that `import vislab` (and `vislab --version`) stays light.
 _LAZY = {
