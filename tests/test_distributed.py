@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 import vislab
 from vislab.engine import DeviceLoader, evaluate, load_checkpoint, resolve_precision
-from vislab.run import build_model
+from vislab.build import build_model
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -133,7 +133,7 @@ def test_reported_accuracy_covers_the_whole_test_set(ddp_overrides, tmp_path):
     model = build_model(cfg, ds.num_classes)
     model.load_state_dict(load_checkpoint(tmp_path / "two" / "checkpoints" / "last")["model"])
     from vislab.augment import TensorAugment
-    from vislab.run import augment_spec
+    from vislab.build import augment_spec
 
     aug = TensorAugment(augment_spec(cfg), ds.mean, ds.std)
     loader = DeviceLoader(ds.test_x, ds.test_y, 5, lambda x, g: aug.normalize_only(x))
@@ -168,8 +168,8 @@ def test_sync_bn_on_cpu_is_refused_before_the_run_folder(ddp_overrides, tmp_path
 
 
 def test_albumentations_workers_are_split_between_the_processes_of_one_machine(tiny_overrides, monkeypatch):
-    from vislab.engine._dist import DistInfo
-    from vislab.run import build_loaders
+    from vislab.engine import DistInfo
+    from vislab.build import build_loaders
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     _, cfg = vislab.load_config("quick", {**tiny_overrides, "augment.backend": "albumentations"})

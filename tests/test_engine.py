@@ -239,7 +239,7 @@ def test_grad_clip_bounds_the_step(one_thread):
 
 
 def test_albumentations_backend_really_augments_training_batches(tiny_overrides):
-    from vislab.run import build_loaders
+    from vislab.build import build_loaders
 
     # Flip every image, nothing else: each training input must be the mirror image of a normalized data set image.
     _, cfg = vislab.load_config("quick", {**tiny_overrides, "augment.backend": "albumentations", "augment.workers": 0,

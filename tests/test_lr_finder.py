@@ -21,8 +21,10 @@ from vislab.config import load_config
 from vislab.data import load_dataset
 from vislab.engine import create_optimizer, create_scheduler, resolve_precision, train_one_epoch
 from vislab.errors import ConfigError
-from vislab.run import build_loaders, build_model, seed_everything
-from vislab.tuner import LRFinder, RangeTestError, lr_find, smooth, suggest, sweep_lrs
+from vislab.build import build_loaders, build_model
+from vislab.env import seed_everything
+from vislab import lr_find
+from vislab.tuner import LRFinder, RangeTestError, smooth, suggest, sweep_lrs
 
 CPU = torch.device("cpu")
 

@@ -61,13 +61,15 @@ CHILD = textwrap.dedent(
                 os.kill(os.getpid(), signal.SIGKILL)
         checkpoint._fsync_dir = fsync_dir
     elif point == "kill-in-metrics-write":  # metrics temp file written, not renamed
-        orig_write = checkpoint.atomic_write_text
+        from vislab import files
+
+        orig_write = files.atomic_write_text
         def atomic_write_text(path, text):
             if str(path).endswith("metrics.jsonl") and hit():
                 open(str(path) + ".partial", "w").write(text[: len(text) // 2])
                 os.kill(os.getpid(), signal.SIGKILL)
             orig_write(path, text)
-        checkpoint.atomic_write_text = atomic_write_text
+        files.atomic_write_text = atomic_write_text  # write_jsonl looks it up in vislab.files
     sets = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
     sys.exit(main(["train", "quick", *sets, "--out", out]))
     """

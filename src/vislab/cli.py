@@ -8,7 +8,7 @@ import sys
 import textwrap
 from typing import Sequence
 
-from . import __version__
+from .version import __version__
 from .errors import Interrupted, VislabError
 
 
@@ -83,7 +83,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .bench import BENCH_FILE, format_table, run_bench
-    from .run import setup_logging
+    from .env import setup_logging
 
     setup_logging()
     out = Path(args.out or f"runs/bench-{datetime.now():%Y%m%d-%H%M%S}")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from ..version import __version__
 from ..augment import AugmentSpec, TensorAugment, albumentations_loader
 from ..engine import (
     DeviceLoader,
@@ -422,7 +422,7 @@ def bench_recipes(device: torch.device, out: Path | None, data_root: str | Path 
     """Item 5, CUDA only: wall time and test accuracy of `resnet9-onecycle` (24 epochs) and one `resnet18-bn` epoch."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return {"skipped": "no CUDA device" if not torch.cuda.is_available() else f"device is {device.type}, not CUDA"}
-    from ..run import train
+    from .. import train  # the public API: the bench trains recipes exactly as a user would
 
     base: dict[str, Any] = {"trainer.device": str(device), "trainer.progress": False, "trainer.report": False}
     if data_root is not None:
@@ -430,7 +430,7 @@ def bench_recipes(device: torch.device, out: Path | None, data_root: str | Path 
         base.update({"data.name": "imagefolder" if (root / "train").is_dir() else "cifar10", "data.root": str(root)})
     results: dict[str, Any] = {"course_reference": COURSE_REFERENCE}
     for recipe, extra in (("resnet9-onecycle", {}), ("resnet18-bn", {"trainer.epochs": 1})):
-        log.info("bench: training recipe %s on %s", recipe, torch.cuda.get_device_name(device))
+        log.info("bench: training recipe %s on %s", recipe, torch.cuda.getdevice_name(device))
         try:
             run = train(recipe, {**base, **extra}, out=None if out is None else out / "recipes" / recipe)
         except VislabError as e:  # e.g. no CIFAR-10 on an offline machine: say so, keep the other figures
@@ -497,12 +497,12 @@ def run_bench(
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"--out {str(out_dir)!r} cannot be created ({e.strerror}); choose another folder.") from None
-    from ..run import _device_name, _versions
+    from ..env import device_name, versions
 
     precision, channels_last = engine_defaults(dev)
     load_before = _load_avg()
     started = time.perf_counter()
-    log.info("bench (%s) on %s: %s, channels_last=%s, median of %d repeats", size, _device_name(dev), precision.name, channels_last, preset.repeats)
+    log.info("bench (%s) on %s: %s, channels_last=%s, median of %d repeats", size, device_name(dev), precision.name, channels_last, preset.repeats)
     common = {"device": dev, "repeats": preset.repeats, "seed": seed}
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("augment", lambda: bench_augment(images=preset.augment_images, batch_size=preset.augment_batch, workers=workers, **common)),
@@ -527,15 +527,15 @@ def run_bench(
         "size": size,
         "repeats": preset.repeats,
         "machine": {
-            "cpu": _device_name(torch.device("cpu")),
+            "cpu": device_name(torch.device("cpu")),
             "cores": os.cpu_count(),
             "platform": platform.platform(),
             "torch_threads": torch.get_num_threads(),
             # Settings outside vislab that change the figures (GLIBC_TUNABLES=glibc.malloc.hugetlb=1: see docs/benchmarks.md).
             "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
         },
-        "device": {"type": dev.type, "name": _device_name(dev), "precision": precision.name, "channels_last": channels_last},
-        "versions": _versions(),
+        "device": {"type": dev.type, "name": device_name(dev), "precision": precision.name, "channels_last": channels_last},
+        "versions": versions(),
         "load_avg": {"before": load_before, "after": _load_avg()},
         "seconds": time.perf_counter() - started,
         "results": results,

@@ -6,6 +6,7 @@ from ._load import (
     config_to_yaml,
     list_recipes,
     load_config,
+    parse_config_yaml,
     parse_override,
     read_recipe,
     recipe_info,
@@ -23,6 +24,6 @@ from ._schema import (
 
 __all__ = [
     "AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig", "SchedConfig", "TrainerConfig",
-    "DEFAULT_RECIPE", "apply_overrides", "config_to_yaml", "list_recipes", "load_config", "parse_override",
+    "DEFAULT_RECIPE", "apply_overrides", "config_to_yaml", "list_recipes", "load_config", "parse_config_yaml", "parse_override",
     "read_recipe", "recipe_info", "validate_config",
 ]

@@ -45,7 +45,7 @@ def recipe_info(name: str) -> dict[str, Any]:
     }
 
 
-def _read_yaml(text: str, where: str) -> dict[str, Any]:
+def parse_config_yaml(text: str, where: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -62,7 +62,7 @@ def read_recipe(recipe: str | Path | None) -> tuple[str, dict[str, Any]]:
     recipe = DEFAULT_RECIPE if recipe is None else recipe
     files = _recipe_files()
     if isinstance(recipe, str) and recipe in files:
-        return recipe, _read_yaml(files[recipe].read_text(), f"recipe {recipe!r}")
+        return recipe, parse_config_yaml(files[recipe].read_text(), f"recipe {recipe!r}")
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -73,7 +73,7 @@ def read_recipe(recipe: str | Path | None) -> tuple[str, dict[str, Any]]:
             raise ConfigError(f"Config file {str(path)!r} cannot be read: {e.strerror}.") from None
         except UnicodeDecodeError:
             raise ConfigError(f"Config file {str(path)!r} is not a UTF-8 text file; give a YAML config or a recipe name.") from None
-        return path.stem, _read_yaml(text, f"config file {str(path)!r}")
+        return path.stem, parse_config_yaml(text, f"config file {str(path)!r}")
     raise ConfigError(f"Unknown recipe {str(recipe)!r}. Known recipes: {', '.join(sorted(files))}; or give the path of a YAML file.")
 
 

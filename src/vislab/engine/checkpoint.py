@@ -9,61 +9,16 @@ import os
 import random
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import TrainingDiverged, VislabError
+from ..files import current_umask
 
 log = logging.getLogger(__name__)
-
-@contextmanager
-def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file that replaces `path` only when the block ends without error (temp file, fsync,
-    rename): readers and a crash at any moment see the old content or the new, never half."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; run files are as readable as any other
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_open(path) as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
-    return rows
-
 
 def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
     state: dict[str, Any] = {
@@ -195,7 +150,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     old = path.with_name(f".{path.name}.old")
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700
         save_file(weights, str(tmp / MODEL_FILE))
         with open(tmp / STATE_FILE, "wb") as f:
             torch.save({k: v for k, v in state.items() if k != "model"}, f)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .checkpoint import atomic_write_text, save_checkpoint, write_jsonl
+from ..files import atomic_write_text, write_jsonl
+from .checkpoint import save_checkpoint
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -53,13 +54,30 @@ class LRMonitor(Callback):
             atomic_write_text(self.path, json.dumps(trainer.lr_steps))
 
 
+# Checkpoint folders inside a run's checkpoints/ folder.
+BEST, LAST, INTERRUPTED = "best", "last", "interrupted"
+
+
+def metric_mode(metric: str) -> str:
+    """"min" when a lower value of the metric is better (any loss), else "max" (accuracies)."""
+    return "min" if metric.endswith("loss") else "max"
+
+
+def best_row(rows: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """The row with the best finite value of `metric` (the first of equals, as the checkpointer keeps it), or None."""
+    rows = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    if not rows:
+        return None
+    return (min if metric_mode(metric) == "min" else max)(rows, key=lambda r: r[metric])
+
+
 class Checkpointer(Callback):
     """Saves `last` after every epoch and `best` whenever the chosen metric improves (checkpoint folders)."""
 
     def __init__(self, folder: str | Path, metric: str = "test_acc"):
         self.folder = Path(folder)
         self.metric = metric
-        self.mode = "min" if metric.endswith("loss") else "max"
+        self.mode = metric_mode(metric)
 
     def _better(self, value: float, best: float | None) -> bool:
         if not math.isfinite(value):
@@ -78,5 +96,5 @@ class Checkpointer(Callback):
         state = trainer.state_dict()
         # best before last: a kill between the two must not leave `last` claiming a best that was never saved.
         if improved:
-            save_checkpoint(self.folder / "best", state)
-        save_checkpoint(self.folder / "last", state)
+            save_checkpoint(self.folder / BEST, state)
+        save_checkpoint(self.folder / LAST, state)

@@ -7,7 +7,8 @@ import logging
 import signal
 import threading
 import time
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from ..errors import Interrupted, TrainingDiverged, VislabError
 from ._device import Precision
 from ._dist import reduce_sums
 from .checkpoint import nonfinite_tensors, rng_state, set_rng_state
-from .hooks import Callback
+from .hooks import INTERRUPTED, Callback
 from .optim import Scheduler
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ def train_one_epoch(
     channels_last: bool = False,
     trainer: "Trainer | None" = None,
     callbacks: Sequence[Callback] = (),
+    on_step: Callable[[float], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    epoch: int | None = None,
     progress: bool = False,
     desc: str = "train",
     stop_on_nonfinite: bool = True,
@@ -83,6 +87,10 @@ def train_one_epoch(
 
     train_loss is the objective that was minimised (cross-entropy with label smoothing, plus the L1
     term); train_ce is the plain cross-entropy of the same logits, the quantity a test loss measures.
+
+    The loop reports to its caller instead of writing into it: `callbacks` get `trainer` (read
+    only) at each batch end, `on_step(lr)` follows every optimizer step, `should_stop()` is asked
+    after each step, and `epoch` names the epoch in error messages.
 
     A NaN/inf loss raises `TrainingDiverged` (checked twice a second and at the end, without a
     host sync per step) unless `stop_on_nonfinite=False`, as the LR range test needs.
@@ -142,24 +150,23 @@ def train_one_epoch(
             ce_sum += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == y).sum()
         seen += n
-        if trainer is not None:
-            trainer.global_step += 1
-            trainer.step_lr = lr
+        if on_step is not None:
+            on_step(lr)
         for cb in callbacks:
             cb.on_batch_end(trainer, batch_idx, loss.detach())
         now = time.monotonic()
         if now - last_check > PROGRESS_INTERVAL:
             last_check = now
             if stop_on_nonfinite:
-                _check_finite(first_bad, lrs, trainer)
+                _check_finite(first_bad, lrs, epoch)
         if progress and now - last_refresh > PROGRESS_INTERVAL:
             last_refresh = now
             bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}", lr=f"{lr:.2e}")
-        if trainer is not None and trainer.stop_signal is not None:
+        if should_stop is not None and should_stop():
             break
     bar.close()
     if stop_on_nonfinite:
-        _check_finite(first_bad, lrs, trainer)
+        _check_finite(first_bad, lrs, epoch)
     loss_total, ce_total, correct_total, seen = reduce_sums(loss_sum, ce_sum, correct, seen)  # over all ranks under DDP
     if seen == 0:
         raise VislabError("The training loader produced no batch: the training set is smaller than trainer.batch_size with trainer.drop_last=true.")
@@ -167,11 +174,11 @@ def train_one_epoch(
     return {"train_loss": loss_total / seen, "train_ce": ce_total / seen, "train_acc": 100.0 * correct_total / seen, "lr": lr}
 
 
-def _check_finite(first_bad: torch.Tensor, lrs: list[float], trainer: "Trainer | None") -> None:
+def _check_finite(first_bad: torch.Tensor, lrs: list[float], epoch: int | None) -> None:
     bad = int(first_bad.item())
     if bad < 0:
         return
-    epoch = trainer.epoch + 1 if trainer is not None else "?"
+    epoch = "?" if epoch is None else epoch
     raise TrainingDiverged(
         f"Training diverged in epoch {epoch} at step {bad + 1} of the epoch: the loss became NaN or infinite "
         f"at learning rate {lrs[bad]:.3g}. Lower optim.lr (or sched.max_lr), or set optim.grad_clip (e.g. 1.0); "
@@ -239,10 +246,14 @@ class Trainer:
         generator: torch.Generator | None = None,
         compiled_model: nn.Module | None = None,
         val_loader: Iterable | None = None,
+        eval_model: nn.Module | None = None,
+        distributed: bool = False,
+        interrupt_dir: str | Path | None = None,
     ):
-        self.model = model  # the module whose state is saved (never the compiled wrapper)
+        self.model = model  # the module whose state is saved (never the compiled or DDP wrapper)
         self.forward_model = compiled_model if compiled_model is not None else model
-        self.eval_model = self.forward_model  # under DDP the bare model: evaluation needs no gradient sync
+        # What evaluates: under DDP the bare model (evaluation needs no gradient sync), else what trains.
+        self.eval_model = eval_model if eval_model is not None else self.forward_model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
@@ -268,8 +279,8 @@ class Trainer:
         self.best_epoch: int | None = None
         self.should_stop = False  # a hook may set this to end training after the current epoch
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM: stop after the current step
-        self.interrupt_dir = None  # where a checkpoint of an interrupted epoch goes (set by the caller)
-        self.distributed = False  # set under torchrun: no graceful signal handling (see _stop_on_signals)
+        self.interrupt_dir = Path(interrupt_dir) if interrupt_dir is not None else None  # where an interrupted epoch's checkpoint goes
+        self.distributed = distributed  # under torchrun: no graceful signal handling (see _stop_on_signals)
 
     def fit(self) -> list[dict[str, Any]]:
         for cb in self.callbacks:
@@ -290,7 +301,8 @@ class Trainer:
                 self.forward_model, self.train_loader, self.optimizer,
                 device=self.device, precision=self.precision, scheduler=self.scheduler, scaler=self.scaler,
                 label_smoothing=self.label_smoothing, l1=self.l1, grad_clip=self.grad_clip,
-                channels_last=self.channels_last, trainer=self, callbacks=self.callbacks,
+                channels_last=self.channels_last, trainer=self, callbacks=self.callbacks, on_step=self._count_step,
+                should_stop=lambda: self.stop_signal is not None, epoch=epoch,
                 progress=self.progress, desc=f"epoch {epoch}/{self.epochs}",
             )
             # The loss check cannot see an update that broke the weights after the last loss was
@@ -334,6 +346,10 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
 
+    def _count_step(self, lr: float) -> None:
+        self.global_step += 1
+        self.step_lr = lr
+
     def _check_finite_weights(self, epoch: int) -> None:
         bad = nonfinite_tensors(self.model.state_dict())
         if bad:
@@ -349,7 +365,7 @@ class Trainer:
         if self.interrupt_dir is not None:
             from .checkpoint import save_checkpoint
 
-            save_checkpoint(self.interrupt_dir / "interrupted", self.state_dict())
+            save_checkpoint(self.interrupt_dir / INTERRUPTED, self.state_dict())
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..engine.checkpoint import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

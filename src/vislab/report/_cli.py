@@ -22,7 +22,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ..run import setup_logging
+    from ..env import setup_logging
     from ._report import make_report
 
     setup_logging()
@@ -34,7 +34,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
-    from ..run import setup_logging
+    from ..env import setup_logging
     from ._explain import explain_run
 
     setup_logging()

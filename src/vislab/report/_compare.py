@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..engine.checkpoint import atomic_write_text
+from ..files import atomic_write_text
 from ..errors import ConfigError
 from ..plots import plot_compare
 from ..results import COURSE_SETUP, CourseReference, course_references, plot_course_curve, recipe_differences, run_data, run_recipe

@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..engine.checkpoint import atomic_write_text
+from ..files import atomic_write_text
 from ..explain import (
     DELETE_FRACTION,
     check_count,

@@ -12,7 +12,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..engine.checkpoint import atomic_write_bytes, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 
 PNG_DPI = 110
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from .. import __version__
-from ..engine.checkpoint import atomic_write_text
+from ..version import __version__
+from ..files import atomic_write_text
 from ..explain import (
     DELETE_FRACTION,
     RANDOM_REPEATS,
@@ -135,7 +135,7 @@ def _status(folder: RunFolder) -> str:
 
 def _preview(run: LoadedRun, n: int, seed: int) -> Any:
     from ..augment import TensorAugment
-    from ..run import augment_spec
+    from ..build import augment_spec
 
     ds = run.dataset
     g = torch.Generator().manual_seed(seed)

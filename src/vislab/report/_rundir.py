@@ -1,4 +1,4 @@
-"""Read a run folder back: config, history and LR files, and (on demand) the model, data and predictions."""
+"""A run folder loaded for explaining: its model from a checkpoint, its data set, and cached predictions."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, load_config
+from ..config import Config
 from ..engine import (
     Precision,
     checkpoint_exists,
@@ -21,7 +21,7 @@ from ..engine import (
     resolve_device,
     resolve_precision,
 )
-from ..engine.checkpoint import read_jsonl
+from ..rundir import CONFIG_FILE, RunFolder, find_checkpoint, read_run  # noqa: F401 - RunFolder/read_run: vislab.report's API
 from ..errors import ConfigError, DataError, VislabError
 from ..explain import (
     PREDICTIONS_FILE,
@@ -32,90 +32,6 @@ from ..explain import (
 )
 
 log = logging.getLogger(__name__)
-
-CHECKPOINTS = ("best", "last")
-
-
-@dataclass
-class RunFolder:
-    """The files of a run folder, read without building the model (cheap: used by `compare` too)."""
-
-    run_dir: Path
-    config: Config
-    config_text: str
-    history: list[dict[str, Any]]  # metrics.jsonl rows
-    lr_steps: list[float]
-    summary: dict[str, Any] | None  # summary.json; None for an interrupted run
-    lr_find: dict[str, Any] | None  # lr_find.json when the LR range test ran
-
-    @property
-    def name(self) -> str:
-        return self.run_dir.name
-
-    @property
-    def finished(self) -> bool:
-        return len(self.history) >= self.config.trainer.epochs
-
-    def best_row(self) -> dict[str, Any] | None:
-        """The epoch the `best` checkpoint keeps (by trainer.checkpoint_metric)."""
-        metric = self.config.trainer.checkpoint_metric
-        rows = [r for r in self.history if isinstance(r.get(metric), (int, float))]
-        if not rows:
-            return None
-        return (min if metric.endswith("loss") else max)(rows, key=lambda r: r[metric])
-
-    def final_row(self) -> dict[str, Any] | None:
-        return self.history[-1] if self.history else None
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        log.warning("ignoring unreadable %s (%s)", path, e)
-        return None
-
-
-def read_run(run_dir: str | Path) -> RunFolder:
-    """Config and per-epoch files of a `vislab train` run folder (finished or interrupted)."""
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise ConfigError(f"RUN_DIR {str(run_dir)!r} is not a folder; give the folder a `vislab train` run wrote (it holds config.yaml).")
-    if not cfg_path.is_file():
-        raise ConfigError(f"RUN_DIR {str(run_dir)!r} holds no config.yaml; give the folder of a `vislab train` run.")
-    _, cfg = load_config(cfg_path)
-    metrics = run_dir / "metrics.jsonl"
-    try:
-        history = read_jsonl(metrics) if metrics.is_file() else []
-    except (OSError, ValueError) as e:
-        raise DataError(f"{str(metrics)!r} cannot be read as JSON lines ({e}); it was not written by vislab or is damaged.") from None
-    lr_steps = _read_json(run_dir / "lr_steps.json")
-    return RunFolder(
-        run_dir=run_dir, config=cfg, config_text=cfg_path.read_text(), history=history,
-        lr_steps=[float(v) for v in lr_steps] if isinstance(lr_steps, list) else [],
-        summary=_read_json(run_dir / "summary.json"), lr_find=_read_json(run_dir / "lr_find.json"),
-    )
-
-
-def find_checkpoint(run_dir: Path, checkpoint: str | Path | None = None) -> Path:
-    """`best` when present, else `last` (an interrupted run may have only that); or the one asked for."""
-    folder = run_dir / "checkpoints"
-    if checkpoint is None:
-        for name in CHECKPOINTS:
-            if checkpoint_exists(folder / name):
-                return folder / name
-        raise VislabError(
-            f"{str(folder)!r} holds neither a best nor a last checkpoint: the run stopped before its first epoch ended, so there is "
-            "no model to explain. Train it again (or `vislab train --resume`) for at least one epoch."
-        )
-    path = folder / str(checkpoint) if checkpoint in CHECKPOINTS else Path(checkpoint)
-    if not checkpoint_exists(path):
-        raise ConfigError(f"checkpoint = {str(checkpoint)!r}: {str(path)!r} is not a checkpoint folder; use best, last or the path of a checkpoint folder.")
-    return path
-
 
 @dataclass
 class LoadedRun:
@@ -205,19 +121,16 @@ def load_run(
     `dataset` (an ImageDataset) skips loading altogether, for notebooks and for `vislab.train`.
     """
     from ..augment import TensorAugment
-    from ..data import load_dataset
-    from ..run import augment_spec, build_model
+    from ..build import augment_spec, build_model, load_data
 
     folder = read_run(run_dir)
     cfg = folder.config
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     if dataset is None:
-        d = cfg.data
-        root = str(data_root) if data_root is not None else d.root
-        # val_size too: the held-out images change the training split, and with it the mean/std the model was trained with.
-        dataset = load_dataset(d.name, root, train_size=d.train_size, test_size=d.test_size, download=d.download,
-                               cache_dir=d.cache_dir, image_size=d.image_size, val_size=d.val_size, val_seed=d.val_seed)
+        # The same data keywords as training (val_size too: the held-out images change the training split,
+        # and with it the mean/std the model was trained with).
+        dataset = load_data(cfg, root=str(data_root) if data_root is not None else None)
     timings["load data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -229,7 +142,7 @@ def load_run(
         model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as e:
         raise VislabError(
-            f"Checkpoint {str(ckpt_path)!r} does not fit the model of {str(folder.run_dir / 'config.yaml')!r} "
+            f"Checkpoint {str(ckpt_path)!r} does not fit the model of {str(folder.run_dir / CONFIG_FILE)!r} "
             f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); was the config edited after training?"
         ) from None
     channels_last = resolve_channels_last(cfg.trainer.channels_last, dev)

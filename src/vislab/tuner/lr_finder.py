@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..engine import Callback, Precision, evaluate, resolve_precision, train_one_epoch
-from ..engine.checkpoint import atomic_write_bytes, atomic_write_text, rng_state, set_rng_state
+from ..engine.checkpoint import rng_state, set_rng_state
+from ..files import atomic_write_bytes, atomic_write_text
 from ..errors import ConfigError, VislabError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ MIN_POINTS = 10  # fewest usable points a suggestion is computed from
 SKIP_START = 0.1  # fraction of num_iter left out of the suggestions: the smoothed curve is still settling
 FLAT_TOL = 0.05  # a curve whose best point lies less than 5% below its start has not shown a usable range
 ONECYCLE_RISE = 0.1  # OneCycle min: where the curve has covered 10% of its way to its best point
-JSON_NAME, PNG_NAME = "lr_find.json", "lr_find.png"
+LR_FIND_JSON, LR_FIND_PNG = "lr_find.json", "lr_find.png"  # what LRFinder.save writes into a folder
 # fp16 sweeps: consecutive steps the GradScaler may skip (halving its scale each time) before the
 # sweep gives up. From the default 65536, 32 halvings reach 2**-16: gradients that still overflow
 # fp16 there are diverging, not waiting for a smaller scale.
@@ -275,7 +276,7 @@ class LRFinder:
         self.progress = progress
         self.method = suggestion
         self.results: dict[str, Any] = {}
-        self.run_dir: Path | None = None  # where `vislab.tuner.lr_find` saved the sweep, if it did
+        self.run_dir: Path | None = None  # where `vislab.lr_find` saved the sweep, if it did
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -517,10 +518,10 @@ class LRFinder:
         """Write lr_find.json (non-finite values as null) and lr_find.png into `folder`; returns the folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / JSON_NAME, json.dumps(_finite_or_none(self.to_dict()), indent=1, allow_nan=False) + "\n")
+        atomic_write_text(folder / LR_FIND_JSON, json.dumps(_finite_or_none(self.to_dict()), indent=1, allow_nan=False) + "\n")
         buf = io.BytesIO()
         self.plot().savefig(buf, format="png", dpi=120)
-        atomic_write_bytes(folder / PNG_NAME, buf.getvalue())
+        atomic_write_bytes(folder / LR_FIND_PNG, buf.getvalue())
         return folder
 
 

@@ -1,0 +1,233 @@
+"""Config -> objects: model, augmentation spec, data, loaders, optimizer and scheduler keywords.
+
+The libraries (data, augment, models, engine) never see a Config; this module is the one adapter
+between the typed config and their plain keyword arguments, as timm's `optimizer_kwargs(cfg)`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config, OptimConfig, SchedConfig
+from .engine import DeviceLoader, DistInfo
+from .errors import ConfigError
+
+# Devices whose tensors torch's SyncBatchNorm accepts during training.
+SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
+
+
+def model_kwargs(cfg: Config) -> dict[str, Any]:
+    """`create_model` keywords of the model section (only those the architecture takes)."""
+    m = cfg.model
+    kwargs: dict[str, Any] = {"norm": m.norm, "width": m.width}
+    if m.norm == "group":
+        kwargs["groups"] = m.groups
+    if m.last_stride is not None:
+        kwargs["last_stride"] = m.last_stride
+    if m.logit_scale is not None:
+        kwargs["logit_scale"] = m.logit_scale
+    return kwargs
+
+
+def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    from .models import create_model
+
+    return create_model(cfg.model.name, num_classes=num_classes, **model_kwargs(cfg))
+
+
+def augment_spec(cfg: Config):
+    """The augment section as the `AugmentSpec` both augmentation backends read."""
+    from .augment import AugmentSpec
+
+    a = cfg.augment
+    return AugmentSpec(
+        crop_pad=a.crop_pad, pad_mode=a.pad_mode, flip_p=a.flip_p, rotate_deg=a.rotate_deg,
+        cutout_size=(a.cutout_size, a.cutout_size), cutout_p=a.cutout_p, cutout_fill=a.cutout_fill,
+    )
+
+
+def data_kwargs(cfg: Config) -> dict[str, Any]:
+    """`load_dataset` keywords of the data section (besides its name and root)."""
+    d = cfg.data
+    return dict(
+        train_size=d.train_size, test_size=d.test_size, download=d.download, cache_dir=d.cache_dir,
+        image_size=d.image_size, val_size=d.val_size, val_seed=d.val_seed,
+    )
+
+
+def load_data(cfg: Config, dataset=None, root: str | None = None):
+    """The config's data set; `dataset` (an ImageDataset already in memory) replaces loading, and gets
+    the config's validation split when it has none. `root` overrides data.root (another machine's path)."""
+    from .data import load_dataset, with_validation_split
+
+    d = cfg.data
+    if dataset is not None:
+        if d.val_size and dataset.val_x is None:
+            return with_validation_split(dataset, d.val_size, d.val_seed)
+        return dataset
+    return load_dataset(d.name, root if root is not None else d.root, **data_kwargs(cfg))
+
+
+def optimizer_kwargs(o: OptimConfig) -> dict[str, Any]:
+    """`create_optimizer` keywords of the optim section."""
+    return dict(name=o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas)
+
+
+def range_test_optimizer_kwargs(cfg: Config, start_lr: float) -> dict[str, Any]:
+    """The optimizer an LR range test sweeps with: training's, with the momentum training will use at the suggested LR."""
+    kwargs = {**optimizer_kwargs(cfg.optim), "lr": start_lr}
+    s = cfg.sched
+    if s.name == "onecycle" and s.cycle_momentum:
+        # The suggestion becomes OneCycle's peak LR, where OneCycle trains with base_momentum: sweep with that.
+        kwargs.update(momentum=s.base_momentum, betas=(s.base_momentum, cfg.optim.betas[1]))
+    return kwargs
+
+
+def build_lr_finder(cfg: Config, model: nn.Module, train_loader, generator, device: torch.device, precision, channels_last: bool):
+    """An LRFinder with the config's optimizer (at the momentum training will use at the suggested LR) and loss settings."""
+    from .engine import create_optimizer
+    from .tuner import LRFinder
+
+    o, f = cfg.optim, cfg.lr_find
+    suggestion = f.suggestion or ("onecycle" if cfg.sched.name == "onecycle" else "valley")
+    # The sweep sets every step's LR itself; the optimizer's own LR is never used.
+    optimizer = create_optimizer(model, **range_test_optimizer_kwargs(cfg, f.start_lr))
+    return LRFinder(
+        model, optimizer, train_loader, device=device, precision=precision, channels_last=channels_last, generator=generator,
+        label_smoothing=o.label_smoothing, l1=o.l1, grad_clip=o.grad_clip, progress=cfg.trainer.progress, suggestion=suggestion,
+    )
+
+
+def range_test_kwargs(cfg: Config, val_loader) -> dict[str, Any]:
+    """`LRFinder.range_test` keywords of the lr_find section; held-out measures read the validation split, never the test split."""
+    f = cfg.lr_find
+    if f.measure != "loss" and val_loader is None:
+        # The test split judges the finished model; choosing an LR on it would leak it into training.
+        raise ConfigError(
+            f"lr_find.measure = {f.measure} needs a validation split, and the range test never reads the test split: set "
+            f"data.val_size (e.g. 5000 images held out of train; at least {f.val_batches} batches of "
+            f"{cfg.trainer.eval_batch_size or 2 * cfg.trainer.batch_size}), or use lr_find.measure=loss."
+        )
+    return dict(
+        start_lr=f.start_lr, end_lr=f.end_lr, num_iter=f.num_iter, mode=f.mode, smooth_f=f.smooth_f, diverge_th=f.diverge_th,
+        val_loader=val_loader if f.measure != "loss" else None, val_batches=f.val_batches, accuracy=f.measure == "accuracy",
+    )
+
+
+def check_distributed(cfg: Config, dist: DistInfo, device: torch.device) -> None:
+    """Refuse, before any folder exists, what a torchrun job of `dist.world_size` processes on `device` cannot run."""
+    t = cfg.trainer
+    if not t.drop_last:
+        raise ConfigError("trainer.drop_last = false is not supported under torchrun: a short last batch would split unevenly across the ranks.")
+    if t.batch_size % dist.world_size:
+        raise ConfigError(
+            f"trainer.batch_size = {t.batch_size} must be divisible by the {dist.world_size} processes of the torchrun job "
+            "(it is the global batch size)."
+        )
+    if t.sync_bn and device.type not in SYNC_BN_DEVICES:
+        # torch's SyncBatchNorm raises mid-step for any other device.
+        raise ConfigError(
+            f"trainer.sync_bn = true needs GPU processes (SyncBatchNorm runs on {', '.join(SYNC_BN_DEVICES)}), but this "
+            f"torchrun job trains on {device.type}. Set trainer.sync_bn=false: each process then normalizes with its "
+            f"own share of the batch ({t.batch_size // dist.world_size} images), or use a norm without batch "
+            "statistics (model.norm=group or layer)."
+        )
+
+
+def scheduler_kwargs(s: SchedConfig) -> dict[str, Any]:
+    """`create_scheduler` keywords of the sched section (epochs and steps per epoch come from the run)."""
+    return dict(
+        name=s.name, max_lr=s.max_lr, peak_epoch=s.peak_epoch, peak_fraction=s.peak_fraction, div_factor=s.div_factor,
+        final_div_factor=s.final_div_factor, anneal=s.anneal, cycle_momentum=s.cycle_momentum, base_momentum=s.base_momentum,
+        max_momentum=s.max_momentum, monitor=s.monitor, mode=s.mode, factor=s.factor, patience=s.patience,
+        threshold=s.threshold, threshold_mode=s.threshold_mode, min_lr=s.min_lr, step_size=s.step_size, gamma=s.gamma,
+    )
+
+
+def _albu_common(cfg: Config, device: torch.device, seed: int, dist: DistInfo) -> dict:
+    workers = cfg.augment.workers
+    if workers is None:
+        # The processes of a torchrun job on one machine share its cores: N ranks x all cores would oversubscribe N-fold.
+        workers = max(1, (os.cpu_count() or 1) // dist.local_world_size)
+    return dict(num_workers=workers, seed=seed, pin_memory=device.type == "cuda", rank=dist.rank, world_size=dist.world_size)
+
+
+def _eval_loader(cfg: Config, ds, x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool, seed: int, dist: DistInfo):
+    """Normalized, unaugmented, unshuffled batches of (x, y), sharded over the ranks under DDP."""
+    t = cfg.trainer
+    eval_bs = t.eval_batch_size or 2 * t.batch_size
+    if cfg.augment.backend == "tensor":
+        from .augment import TensorAugment
+
+        aug = TensorAugment(augment_spec(cfg), ds.mean, ds.std, channels_last=channels_last)
+        return DeviceLoader(x.to(device), y.to(device), eval_bs, lambda b, g: aug.normalize_only(b), rank=dist.rank, world_size=dist.world_size)
+    from .augment import albumentations_loader
+
+    per_rank = max(1, eval_bs // dist.world_size)
+    return albumentations_loader(
+        x, y, augment_spec(cfg), ds.mean, ds.std, batch_size=per_rank, shuffle=False, train=False, **_albu_common(cfg, device, seed, dist)
+    )
+
+
+def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, seed: int, dist: DistInfo = DistInfo()):
+    """(train_loader, test_loader, generator whose state drives all data randomness).
+
+    Under DDP every rank draws the same global order from the same seed and takes its share of
+    each global batch, so `trainer.batch_size` stays the global batch size.
+    """
+    t = cfg.trainer
+    spec = augment_spec(cfg)
+    test = _eval_loader(cfg, ds, ds.test_x, ds.test_y, device, channels_last, seed, dist)
+    if cfg.augment.backend == "tensor":
+        from .augment import TensorAugment
+
+        # The CPU generator is used on CPU; on CUDA, drawing on the device avoids a copy per batch.
+        gen = torch.Generator(device=device if device.type == "cuda" else "cpu")
+        gen.manual_seed(seed)
+        aug = TensorAugment(spec, ds.mean, ds.std, channels_last=channels_last)
+        train_x, train_y = ds.train_x.to(device), ds.train_y.to(device)
+        train = DeviceLoader(
+            train_x, train_y, t.batch_size, aug, shuffle=True, drop_last=t.drop_last, generator=gen, rank=dist.rank, world_size=dist.world_size
+        )
+        return train, test, gen
+    from .augment import albumentations_loader
+
+    per_rank = t.batch_size // dist.world_size
+    train = albumentations_loader(
+        ds.train_x, ds.train_y, spec, ds.mean, ds.std, batch_size=per_rank, shuffle=True, train=True, drop_last=t.drop_last,
+        **_albu_common(cfg, device, seed, dist),
+    )
+    return train, test, getattr(train, "generator", None)
+
+
+def build_val_loader(cfg: Config, ds, device: torch.device, channels_last: bool, seed: int, dist: DistInfo = DistInfo()):
+    """Batches of the validation split held out of train (data.val_size), or None without one."""
+    if ds.val_x is None:
+        return None
+    return _eval_loader(cfg, ds, ds.val_x, ds.val_y, device, channels_last, seed, dist)
+
+
+def build_training(cfg: Config, ds, device: torch.device, channels_last: bool, dist: DistInfo = DistInfo()):
+    """Seeded model and loaders, exactly as training starts: (model, train_loader, test_loader, val_loader or None, generator)."""
+    from .env import seed_everything
+
+    t = cfg.trainer
+    seed_everything(t.seed)
+    model = build_model(cfg, ds.num_classes)
+    if dist.enabled and t.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader, test_loader, gen = build_loaders(cfg, ds, device, channels_last, t.seed, dist)
+    val_loader = build_val_loader(cfg, ds, device, channels_last, t.seed, dist)
+    if len(train_loader) == 0:
+        raise ConfigError(
+            f"trainer.batch_size = {t.batch_size} is larger than the training set ({ds.train_x.shape[0]} images); "
+            "lower it or set trainer.drop_last=false."
+        )
+    return model, train_loader, test_loader, val_loader, gen

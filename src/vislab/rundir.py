@@ -1,0 +1,186 @@
+"""The run folder: its file names, creating it, and reading it back (config, history, summary, checkpoints).
+
+Every writer (run, engine hooks) and reader (report, compare, results) takes the names from here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+from .config import Config, apply_overrides, load_config, parse_config_yaml, validate_config
+from .engine import BEST, INTERRUPTED, LAST, best_row, checkpoint_exists, metric_mode
+from .errors import ConfigError, DataError, VislabError
+from .files import read_jsonl
+from .tuner import LR_FIND_JSON
+
+log = logging.getLogger(__name__)
+
+RUNS_ROOT = "runs"  # where run folders go by default: runs/<recipe>-<YYYYmmdd-HHMMSS>
+CONFIG_FILE = "config.yaml"  # the resolved config, with the recipe name in its header
+METRICS_FILE = "metrics.jsonl"  # one row per finished epoch
+LR_STEPS_FILE = "lr_steps.json"  # the LR of every optimizer step
+SUMMARY_FILE = "summary.json"  # best and final metrics, timings, device, versions (written at the end)
+CHECKPOINTS_DIR = "checkpoints"  # best/, last/ and interrupted/ checkpoint folders
+CHECKPOINT_NAMES = (BEST, LAST)  # the ones a report or explanation may pick by name, in order of preference
+
+__all__ = [
+    "BEST", "CHECKPOINTS_DIR", "CHECKPOINT_NAMES", "CONFIG_FILE", "INTERRUPTED", "LAST", "LR_STEPS_FILE", "METRICS_FILE",
+    "RESUME_OVERRIDABLE", "RUNS_ROOT", "SUMMARY_FILE", "RunFolder", "check_writable", "find_checkpoint", "metric_mode", "new_run_dir",
+    "read_resume_config", "read_run",
+]
+
+
+def new_run_dir(out: str | Path | None, name: str, overwrite: bool) -> Path:
+    """The folder a new run writes to: `out`, or runs/<name>-<time>; never an earlier run's unless `overwrite`."""
+    if out is None:
+        out = Path(RUNS_ROOT) / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a folder; choose another run folder.")
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        else:
+            # Never overwrite an earlier run: take the first free suffixed name instead.
+            i = 1
+            while Path(f"{out}-{i}").exists():
+                i += 1
+            log.warning("run folder %s exists; writing to %s-%d instead (use --overwrite to replace it)", out, out, i)
+            out = Path(f"{out}-{i}")
+    return out
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any work if the run folder cannot be created (probe with a temp folder, removed at once)."""
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"Output folder {str(path)!r} cannot be created: {str(parent)!r} is a file, not a folder. Choose another --out.")
+    try:
+        probe = tempfile.mkdtemp(dir=parent, prefix=".vislab-probe-")
+        os.rmdir(probe)
+    except OSError as e:
+        raise ConfigError(f"Output folder {str(path)!r} cannot be created: {str(parent)!r} is not writable ({e.strerror}). Choose another --out.") from None
+
+
+@dataclass
+class RunFolder:
+    """The files of a run folder, read without building the model (cheap: used by `compare` too)."""
+
+    run_dir: Path
+    config: Config
+    config_text: str
+    history: list[dict[str, Any]]  # metrics.jsonl rows
+    lr_steps: list[float]
+    summary: dict[str, Any] | None  # summary.json; None for an interrupted run
+    lr_find: dict[str, Any] | None  # lr_find.json when the LR range test ran
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def finished(self) -> bool:
+        return len(self.history) >= self.config.trainer.epochs
+
+    def best_row(self) -> dict[str, Any] | None:
+        """The epoch the `best` checkpoint keeps (by trainer.checkpoint_metric)."""
+        return best_row(self.history, self.config.trainer.checkpoint_metric)
+
+    def final_row(self) -> dict[str, Any] | None:
+        return self.history[-1] if self.history else None
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable %s (%s)", path, e)
+        return None
+
+
+def read_run(run_dir: str | Path) -> RunFolder:
+    """Config and per-epoch files of a `vislab train` run folder (finished or interrupted)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise ConfigError(f"RUN_DIR {str(run_dir)!r} is not a folder; give the folder a `vislab train` run wrote (it holds {CONFIG_FILE}).")
+    if not cfg_path.is_file():
+        raise ConfigError(f"RUN_DIR {str(run_dir)!r} holds no {CONFIG_FILE}; give the folder of a `vislab train` run.")
+    _, cfg = load_config(cfg_path)
+    metrics = run_dir / METRICS_FILE
+    try:
+        history = read_jsonl(metrics) if metrics.is_file() else []
+    except (OSError, ValueError) as e:
+        raise DataError(f"{str(metrics)!r} cannot be read as JSON lines ({e}); it was not written by vislab or is damaged.") from None
+    lr_steps = _read_json(run_dir / LR_STEPS_FILE)
+    return RunFolder(
+        run_dir=run_dir, config=cfg, config_text=cfg_path.read_text(), history=history,
+        lr_steps=[float(v) for v in lr_steps] if isinstance(lr_steps, list) else [],
+        summary=_read_json(run_dir / SUMMARY_FILE), lr_find=_read_json(run_dir / LR_FIND_JSON),
+    )
+
+
+def find_checkpoint(run_dir: Path, checkpoint: str | Path | None = None) -> Path:
+    """`best` when present, else `last` (an interrupted run may have only that); or the one asked for."""
+    folder = run_dir / CHECKPOINTS_DIR
+    if checkpoint is None:
+        for name in CHECKPOINT_NAMES:
+            if checkpoint_exists(folder / name):
+                return folder / name
+        raise VislabError(
+            f"{str(folder)!r} holds neither a best nor a last checkpoint: the run stopped before its first epoch ended, so there is "
+            "no model to explain. Train it again (or `vislab train --resume`) for at least one epoch."
+        )
+    # The names of checkpoints/ (interrupted/ is written when a run is stopped mid-epoch), or a path.
+    path = folder / str(checkpoint) if checkpoint in (*CHECKPOINT_NAMES, INTERRUPTED) else Path(checkpoint)
+    if not checkpoint_exists(path):
+        raise ConfigError(
+            f"checkpoint = {str(checkpoint)!r}: {str(path)!r} is not a checkpoint folder; use {BEST}, {LAST}, {INTERRUPTED} or the "
+            "path of a checkpoint folder."
+        )
+    return path
+
+
+# What a resumed run may change: where and how it runs, never what it computes (the checkpoint's
+# model, optimizer and schedule state must fit the config). Epochs may grow only where the
+# schedule does not depend on the total length.
+RESUME_OVERRIDABLE = {
+    "trainer.progress", "trainer.report", "trainer.device", "trainer.compile", "trainer.eval_batch_size",
+    "data.root", "data.cache_dir", "data.download", "augment.workers",
+}
+
+
+def read_resume_config(run_dir: Path, overrides=None) -> tuple[str, Config]:
+    """(run name, config) of a run folder to resume, with the overrides a resume may change; refuses the rest."""
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise VislabError(f"--resume {str(run_dir)!r}: no {CONFIG_FILE} there; give the folder of an earlier `vislab train` run.")
+    try:
+        text = cfg_path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--resume {str(run_dir)!r}: config.yaml cannot be read ({e}).") from None
+    raw = parse_config_yaml(text, f"{cfg_path}")
+    cfg = validate_config(apply_overrides(raw, overrides), f"{cfg_path}")
+    if overrides:
+        keys = list(overrides) if isinstance(overrides, Mapping) else [o.partition("=")[0].strip() for o in overrides]
+        for key in (k if isinstance(k, str) else ".".join(k) for k in keys):
+            epochs_ok = key == "trainer.epochs" and cfg.sched.name in ("plateau", "step", "none")
+            if key not in RESUME_OVERRIDABLE and not epochs_ok:
+                raise ConfigError(
+                    f"--resume with --set {key}: a resumed run keeps the settings its checkpoint was made with. "
+                    f"Allowed on resume: {', '.join(sorted(RESUME_OVERRIDABLE))}, and trainer.epochs for the plateau, step "
+                    f"and none schedules; start a new run to change {key}."
+                )
+    return run_dir.name, cfg
