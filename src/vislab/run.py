@@ -54,6 +54,7 @@ from .errors import ConfigError, Interrupted, VislabError
 from .files import atomic_write_text, write_jsonl
 from .rundir import (
     CHECKPOINTS_DIR, CONFIG_FILE, LR_STEPS_FILE, METRICS_FILE, SUMMARY_FILE, check_writable, new_run_dir, read_resume_config,
+    run_html, run_repr,
 )
 from .version import __version__
 
@@ -76,6 +77,12 @@ class Run:
     @property
     def best(self) -> dict[str, Any] | None:
         return self.summary.get("best")
+
+    def __repr__(self) -> str:  # the dataclass default would print the whole config and model
+        return run_repr("Run", self.run_dir, self.config, self.history)
+
+    def _repr_html_(self) -> str:
+        return run_html("Run", self.run_dir, self.config, self.history)
 
 
 def _summary(run_dir: Path, name: str, cfg: Config, trainer: Trainer, device, precision, channels_last, started: float, ds, model) -> dict[str, Any]:

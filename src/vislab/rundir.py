@@ -33,8 +33,8 @@ CHECKPOINT_NAMES = (BEST, LAST)  # the ones a report or explanation may pick by 
 
 __all__ = [
     "BEST", "CHECKPOINTS_DIR", "CHECKPOINT_NAMES", "CONFIG_FILE", "INTERRUPTED", "LAST", "LR_STEPS_FILE", "METRICS_FILE",
-    "RESUME_OVERRIDABLE", "RUNS_ROOT", "SUMMARY_FILE", "RunFolder", "check_writable", "find_checkpoint", "metric_mode", "new_run_dir",
-    "read_resume_config", "read_run",
+    "RESUME_OVERRIDABLE", "RUNS_ROOT", "SUMMARY_FILE", "RunFolder", "check_writable", "find_checkpoint", "is_lr_find_folder", "metric_mode",
+    "new_run_dir", "read_resume_config", "read_run", "refuse_lr_find_folder",
 ]
 
 
@@ -110,10 +110,30 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def is_lr_find_folder(path: str | Path) -> bool:
+    """A folder `vislab lr-find` wrote: its sweep, and none of a training run's epochs or checkpoints.
+
+    (A training run with an `auto` LR keeps its sweep too, but it made checkpoints/ before its sweep was saved.)
+    """
+    path = Path(path)
+    return (path / LR_FIND_JSON).is_file() and not (path / CHECKPOINTS_DIR).exists() and not (path / METRICS_FILE).exists()
+
+
+def refuse_lr_find_folder(path: str | Path, what: str) -> None:
+    """One paragraph for a command that needs a training run and was given an LR range test's folder."""
+    if is_lr_find_folder(path):
+        raise ConfigError(
+            f"{what} {str(path)!r} is the output of `vislab lr-find` (an LR range test: {LR_FIND_JSON} and lr_find.png), "
+            "not a training run, so it has no epochs, checkpoints or report to show. Look at its lr_find.png, and train "
+            "with the LR it printed (e.g. `vislab train RECIPE --set optim.lr=...`, or sched.max_lr under OneCycle)."
+        )
+
+
 def read_run(run_dir: str | Path) -> RunFolder:
     """Config and per-epoch files of a `vislab train` run folder (finished or interrupted)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / CONFIG_FILE
+    refuse_lr_find_folder(run_dir, "RUN_DIR")
     if not run_dir.is_dir():
         raise ConfigError(f"RUN_DIR {str(run_dir)!r} is not a folder; give the folder a `vislab train` run wrote (it holds {CONFIG_FILE}).")
     if not cfg_path.is_file():
@@ -164,6 +184,7 @@ RESUME_OVERRIDABLE = {
 
 def read_resume_config(run_dir: Path, overrides=None) -> tuple[str, Config]:
     """(run name, config) of a run folder to resume, with the overrides a resume may change; refuses the rest."""
+    refuse_lr_find_folder(run_dir, "--resume")
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
         raise VislabError(f"--resume {str(run_dir)!r}: no {CONFIG_FILE} there; give the folder of an earlier `vislab train` run.")
@@ -184,3 +205,34 @@ def read_resume_config(run_dir: Path, overrides=None) -> tuple[str, Config]:
                     f"and none schedules; start a new run to change {key}."
                 )
     return run_dir.name, cfg
+
+
+def run_repr(kind: str, run_dir: Path, cfg: Config, history: list[dict[str, Any]]) -> str:
+    """One line for a run in a notebook: folder, progress, best and final test accuracy (not the whole config and model)."""
+    metric = cfg.trainer.checkpoint_metric
+    best, final = best_row(history, metric), history[-1] if history else None
+    parts = [f"{str(run_dir)!r}", f"{cfg.model.name}", f"{len(history)}/{cfg.trainer.epochs} epochs"]
+    if best is not None and isinstance(best.get("test_acc"), (int, float)):
+        parts.append(f"best test_acc {best['test_acc']:.2f}% (epoch {best['epoch']}, by {metric})")
+    if final is not None and isinstance(final.get("test_acc"), (int, float)):
+        parts.append(f"final test_acc {final['test_acc']:.2f}%")
+    return f"{kind}({', '.join(parts)})"
+
+
+def run_html(kind: str, run_dir: Path, cfg: Config, history: list[dict[str, Any]]) -> str:
+    """Jupyter's view of a run: the one-line facts and a small loss/accuracy figure, inline."""
+    import base64
+    import html
+    import io
+
+    text = html.escape(run_repr(kind, run_dir, cfg, history))
+    if not history:
+        return f"<div><code>{text}</code></div>"
+    from .plots import plot_curves
+
+    fig = plot_curves(history)
+    fig.set_size_inches(6.0, 2.2)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    img = base64.b64encode(buf.getvalue()).decode()
+    return f'<div><code>{text}</code><br><img src="data:image/png;base64,{img}" alt="loss and accuracy per epoch"></div>'

@@ -73,8 +73,29 @@ def read_recipe(recipe: str | Path | None) -> tuple[str, dict[str, Any]]:
             raise ConfigError(f"Config file {str(path)!r} cannot be read: {e.strerror}.") from None
         except UnicodeDecodeError:
             raise ConfigError(f"Config file {str(path)!r} is not a UTF-8 text file; give a YAML config or a recipe name.") from None
-        return path.stem, parse_config_yaml(text, f"config file {str(path)!r}")
+        data = parse_config_yaml(text, f"config file {str(path)!r}")
+        if "recipe" in data:
+            data = _extend_recipe(data, path, files)
+        return path.stem, data
     raise ConfigError(f"Unknown recipe {str(recipe)!r}. Known recipes: {', '.join(sorted(files))}; or give the path of a YAML file.")
+
+
+def _extend_recipe(data: dict[str, Any], path: Path, files: dict[str, Any]) -> dict[str, Any]:
+    """A YAML file that starts with `recipe: NAME` holds only what it changes in that shipped recipe."""
+    data = dict(data)
+    base = data.pop("recipe")
+    if not isinstance(base, str) or base not in files:
+        raise ConfigError(
+            f"Config file {str(path)!r}: recipe = {base!r} is not a shipped recipe; `recipe:` names the recipe the file "
+            f"changes, one of {', '.join(sorted(files))} (`vislab recipes NAME` prints one to start from)."
+        )
+    changes: dict[str, Any] = {}
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"Config file {str(path)!r}: section {section!r} must be a mapping of keys, got {values!r}.")
+        changes.update({f"{section}.{key}": value for key, value in values.items()})
+    # As `--set` overrides of the recipe: the same section checks and the same rule for two forms of one setting.
+    return apply_overrides(parse_config_yaml(files[base].read_text(), f"recipe {base!r}"), changes)
 
 
 # (section, key) -> the key in the same section that states the same setting another way.

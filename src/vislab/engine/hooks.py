@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,9 @@ from .checkpoint import save_checkpoint
 
 if TYPE_CHECKING:
     from .trainer import Trainer
+
+
+log = logging.getLogger(__name__)
 
 
 class Callback:
@@ -98,3 +103,9 @@ class Checkpointer(Callback):
         if improved:
             save_checkpoint(self.folder / BEST, state)
         save_checkpoint(self.folder / LAST, state)
+        # An `interrupted` checkpoint is from a stop inside an epoch that a resumed run has now completed
+        # again (one run never saves `last` after its own interrupt): it is stale, and would mislead.
+        stale = self.folder / INTERRUPTED
+        if stale.exists():
+            shutil.rmtree(stale, ignore_errors=True)
+            log.info("removed %s: the resumed run has gone past it", stale)

@@ -21,7 +21,7 @@ from ..engine import (
     resolve_device,
     resolve_precision,
 )
-from ..rundir import CONFIG_FILE, RunFolder, find_checkpoint, read_run  # noqa: F401 - RunFolder/read_run: vislab.report's API
+from ..rundir import CONFIG_FILE, RunFolder, find_checkpoint, read_run, run_html, run_repr  # noqa: F401 - RunFolder/read_run: vislab.report's API
 from ..errors import ConfigError, DataError, VislabError
 from ..explain import (
     PREDICTIONS_FILE,
@@ -52,6 +52,13 @@ class LoadedRun:
     @property
     def classes(self) -> list[str]:
         return list(self.dataset.classes)
+
+    def __repr__(self) -> str:  # the dataclass default would print the whole config, model and data set
+        f = self.folder
+        return run_repr("LoadedRun", f.run_dir, f.config, f.history)[:-1] + f", checkpoint {self.checkpoint.name!r} (epoch {self.checkpoint_epoch}), {self.device})"
+
+    def _repr_html_(self) -> str:
+        return run_html("LoadedRun", self.folder.run_dir, self.folder.config, self.folder.history)
 
     def normalize(self, x_uint8: Tensor) -> Tensor:
         """uint8 (N, C, H, W) -> the model's float input, as at test time."""
