@@ -63,7 +63,8 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
             print(textwrap.indent(textwrap.fill(info["description"], 88), "  "))
         # The two figures side by side, each saying where it was measured: they are not on the same data or hardware.
         if info["course"] is not None:
-            print(f"  course's figure: {info['course']:.2f}% test accuracy ({COURSE_SETUP})")
+            course = f"course's figure: {info['course']:.2f}% test accuracy ({COURSE_SETUP})"
+            print(textwrap.indent(textwrap.fill(course, 88, subsequent_indent="  "), "  "))
         measured = info["measured"]
         line = describe_result(measured, course_reference(name)) if measured else "no recorded run yet (docs/results.md)"
         print(textwrap.indent(textwrap.fill(f"vislab measured: {line}", 88, subsequent_indent="  "), "  "))

@@ -47,7 +47,7 @@ def _reference_rows(folders: Sequence[RunFolder], labels: Sequence[str], referen
     if isinstance(reference, str) and reference not in refs:
         raise ConfigError(
             f"--reference = {reference!r}: no course reference of that name; course references exist for {allowed} "
-            "(quick is vislab's own recipe). Give one of them, or --reference alone after the RUN_DIRs to use the recipe each run ran."
+            "(the other recipes are vislab's own). Give one of them, or --reference alone after the RUN_DIRs to use the recipe each run ran."
         )
     out = []
     for label, f in zip(labels, folders):
