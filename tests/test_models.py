@@ -12,6 +12,7 @@ from vislab.errors import ConfigError
 from vislab.models import (
     count_parameters,
     create_model,
+    format_mult_adds,
     get_target_layer,
     list_models,
     model_summary,
@@ -313,3 +314,13 @@ def test_model_summary_reports_parameters_and_leaves_model_untouched(name: str) 
     assert model.training
     for before, after in zip(running_before, model.buffers()):
         torch.testing.assert_close(before, after)
+
+
+def test_model_summary_prints_mult_adds_as_a_count_not_a_size() -> None:
+    # 64 output channels x 32 x 32 positions x (3 x 3 x 3) weights = 1,769,472 multiply-adds
+    conv = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1, bias=False))
+    text = model_summary(conv, (1, 3, 32, 32), depth=1)
+    assert "Total mult-adds: 1.77 M" in text.splitlines()
+    assert "Units." not in text and "MEGABYTES" not in text
+    assert format_mult_adds(555_430_000) == "555.43 M"
+    assert format_mult_adds(2_500_000_000) == "2.50 G" and format_mult_adds(12_340) == "12.34 K" and format_mult_adds(7) == "7"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -39,6 +40,20 @@ def get_target_layer(model: nn.Module) -> nn.Module:
         ) from err
 
 
+# torchinfo 1.8 prints its count unit as an enum ("Total mult-adds (Units.MEGABYTES): 555.43"), which reads
+# as a size in bytes (TylerYep/torchinfo#350); the line is rewritten from the raw count instead.
+_MULT_ADDS_LINE = re.compile(r"^Total mult-adds.*$", re.MULTILINE)
+_COUNT_PREFIXES = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"))
+
+
+def format_mult_adds(count: int | float) -> str:
+    """A multiply-add count in thousands / millions / billions / trillions: 555_430_000 -> "555.43 M"."""
+    for scale, prefix in _COUNT_PREFIXES:
+        if count >= scale:
+            return f"{count / scale:.2f} {prefix}"
+    return f"{int(count)}"
+
+
 def model_summary(
     model: nn.Module,
     input_size: Sequence[int] = (1, 3, 32, 32),
@@ -51,6 +66,7 @@ def model_summary(
     `device=None` runs on the device the model already lives on; torchinfo moves the model
     to any other device given, so passing "cpu" for a CUDA model leaves it on the CPU.
     The model runs in eval mode (restored afterwards), so BatchNorm statistics are untouched.
+    The footer counts multiply-adds of one forward pass at `input_size` as "Total mult-adds: 555.43 M".
     """
     if device is None:
         param = next(_unwrap(model).parameters(), None)
@@ -65,4 +81,5 @@ def model_summary(
         row_settings=("var_names",),
         verbose=0,
     )
-    return str(stats)
+    line = f"Total mult-adds: {format_mult_adds(stats.total_mult_adds)}"
+    return _MULT_ADDS_LINE.sub(lambda _m: line, str(stats), count=1)
