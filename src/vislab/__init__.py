@@ -23,13 +23,25 @@ _LAZY = {
     "DataError": ("vislab.errors", "DataError"),
 }
 
+# Public subpackages, also imported on first attribute access: a notebook user types
+# `vislab.report.load_run` right after `import vislab`, and eager imports would pull torch into
+# `vislab --version`. Once imported, Python binds each as an attribute and __getattr__ is not asked again.
+_SUBPACKAGES = ("augment", "bench", "config", "data", "engine", "explain", "models", "plots", "report", "tuner")
+
 __all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'vislab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # Tab completion and dir() show the lazy names too, not only what happens to be imported already.
+    return sorted({*globals(), *_LAZY, *_SUBPACKAGES})
