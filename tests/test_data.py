@@ -152,6 +152,25 @@ def test_hidden_files_and_folders_are_ignored(tmp_path):
     assert len(ds.train_y) == 6 and ds.classes == sorted(CLASSES)
 
 
+def test_os_junk_files_are_skipped_with_one_note(tmp_path, caplog):
+    root = tmp_path / "d"
+    written = _make_folder(root, 2, 1)
+    junk = [root / "train" / "ant" / "Thumbs.db", root / "train" / "bee" / "desktop.ini", root / "test" / "cat" / "ehthumbs.db",
+            root / "train" / "Desktop.ini", root / "train" / "cat" / "00.png:Zone.Identifier"]
+    for path in junk:
+        path.write_bytes(b"\x00not an image")
+    with caplog.at_level("INFO", logger="vislab.data"):
+        ds = _load(root, tmp_path / "c")
+    x, y = _expected(written, "train")
+    assert torch.equal(ds.train_x, x) and torch.equal(ds.train_y, y) and len(ds.test_y) == 3
+    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert len(notes) == 1 and "5 file(s)" in notes[0] and "'Thumbs.db'" in notes[0] and "*:Zone.Identifier" in notes[0]
+    # any other file that is not an image still stops the load, naming it
+    (root / "train" / "bee" / "labels.csv").write_text("a,b")
+    with pytest.raises(DataError, match=str(root / "train" / "bee" / "labels.csv")):
+        _load(root, tmp_path / "c")
+
+
 def test_cache_hit_does_not_decode(tmp_path, monkeypatch):
     _make_folder(tmp_path / "d", 2, 1)
     first = _load(tmp_path / "d", tmp_path / "c")

@@ -46,17 +46,46 @@ def default_workers() -> int:
     return max(1, min(MAX_WORKERS, cores))
 
 
+# Files that file managers and OS tools drop into any folder they show or copy (lower-case names):
+# Windows thumbnail caches and folder settings, macOS's custom-folder icon ("Icon\r"). Nobody puts
+# them there on purpose, so they are skipped like hidden files rather than stopping the load.
+OS_JUNK_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "icon\r"})
+# Copies from Windows into WSL leave "<file>:Zone.Identifier" (the download-origin stream) beside each file.
+OS_JUNK_SUFFIXES = (":zone.identifier",)
+
+
 def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _list_split(root: Path, split: str) -> dict[str, list[os.DirEntry]]:
+def is_os_junk(name: str) -> bool:
+    """A file an operating system or file manager creates by itself (Thumbs.db, desktop.ini, ...)."""
+    low = name.lower()
+    return low in OS_JUNK_NAMES or low.endswith(OS_JUNK_SUFFIXES)
+
+
+def _junk_kind(name: str) -> str:
+    # One label per kind, so that thousands of "<image>:Zone.Identifier" files make one short note.
+    low = name.lower()
+    return "*:Zone.Identifier" if low.endswith(OS_JUNK_SUFFIXES) else repr(name)
+
+
+def _list_split(root: Path, split: str, junk: list[str]) -> dict[str, list[os.DirEntry]]:
+    """Class name -> image entries of root/split; OS junk files found on the way are appended to `junk`."""
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"{split_dir} does not exist or is not a folder. {LAYOUT}")
     classes: dict[str, list[os.DirEntry]] = {}
     with os.scandir(split_dir) as it:
-        class_dirs = sorted((e for e in it if not _is_hidden(e.name)), key=lambda e: e.name)
+        class_dirs = []
+        for e in it:
+            if _is_hidden(e.name):
+                continue
+            if is_os_junk(e.name) and not e.is_dir():
+                junk.append(e.path)
+                continue
+            class_dirs.append(e)
+        class_dirs.sort(key=lambda e: e.name)
     for entry in class_dirs:
         if not entry.is_dir():
             raise DataError(f"{entry.path} is a file where only class folders are expected. {LAYOUT}")
@@ -64,6 +93,9 @@ def _list_split(root: Path, split: str) -> dict[str, list[os.DirEntry]]:
         with os.scandir(entry.path) as it:
             for f in it:
                 if _is_hidden(f.name):
+                    continue
+                if is_os_junk(f.name) and not f.is_dir():
+                    junk.append(f.path)
                     continue
                 if f.is_dir():
                     raise DataError(f"{f.path} is a folder inside a class folder; nested folders are not supported. {LAYOUT}")
@@ -79,7 +111,13 @@ def _list_split(root: Path, split: str) -> dict[str, list[os.DirEntry]]:
 
 
 def _list_files(root: Path, image_size: int | None) -> _Listing:
-    splits = {split: _list_split(root, split) for split in SPLITS}
+    junk: list[str] = []
+    splits = {split: _list_split(root, split, junk) for split in SPLITS}
+    if junk:
+        junk.sort()
+        kinds = sorted({_junk_kind(os.path.basename(j)) for j in junk})
+        logger.info("skipped %d file(s) that operating systems create by themselves (%s) in %s, e.g. %s: they are not images",
+                    len(junk), ", ".join(kinds), root, junk[0])
     train_cls, test_cls = set(splits["train"]), set(splits["test"])
     if train_cls != test_cls:
         only_train, only_test = sorted(train_cls - test_cls), sorted(test_cls - train_cls)
