@@ -113,30 +113,32 @@ def test_recipe_headers_label_the_course_figure_and_claim_only_what_was_measured
 
 
 def test_run_recipe_from_config_summary_or_header(tmp_path):
+    recipes = {name: load_config(name)[1] for name in list_recipes()}
     exact = make_run(tmp_path / "a", "resnet9-onecycle", [50.0], header="something-else")
     _, cfg = load_config(exact / "config.yaml")
-    assert run_recipe(cfg, (exact / "config.yaml").read_text(), None) == ("resnet9-onecycle", "its config matches the recipe")
+    assert run_recipe(cfg, (exact / "config.yaml").read_text(), None, recipes) == ("resnet9-onecycle", "its config matches the recipe")
 
     short = make_run(tmp_path / "b", "resnet18-bn", [50.0], overrides={"trainer.epochs": 2})
     _, cfg = load_config(short / "config.yaml")
     text = (short / "config.yaml").read_text()
-    assert recipe_differences(cfg, "resnet18-bn") == ["trainer.epochs = 2 (recipe: 20)"]
-    assert run_recipe(cfg, text, None) == ("resnet18-bn", "named in config.yaml's header")
-    assert run_recipe(cfg, text, {"recipe": "resnet18-bn"}) == ("resnet18-bn", "named in summary.json")
+    assert recipe_differences(cfg, recipes["resnet18-bn"]) == ["trainer.epochs = 2 (recipe: 20)"]
+    assert run_recipe(cfg, text, None, recipes) == ("resnet18-bn", "named in config.yaml's header")
+    assert run_recipe(cfg, text, {"recipe": "resnet18-bn"}, recipes) == ("resnet18-bn", "named in summary.json")
 
     # A resumed run records its folder's name; with a changed config nothing tells the recipe.
     resumed = make_run(tmp_path / "c", "resnet18-bn", [50.0], overrides={"trainer.epochs": 2}, header="c")
     _, cfg = load_config(resumed / "config.yaml")
-    recipe, why = run_recipe(cfg, (resumed / "config.yaml").read_text(), {"recipe": "c"})
+    recipe, why = run_recipe(cfg, (resumed / "config.yaml").read_text(), {"recipe": "c"}, recipes)
     assert recipe is None and "'c'" in why
 
 
 def test_auto_lr_of_a_recipe_matches_the_number_a_run_resolved(tmp_path):
     run = make_run(tmp_path / "r", "resnet9-onecycle", [50.0], overrides={"sched.max_lr": 0.0026})
     _, cfg = load_config(run / "config.yaml")
-    assert recipe_differences(cfg, "resnet9-onecycle") == []
+    recipe = load_config("resnet9-onecycle")[1]
+    assert recipe.sched.max_lr == "auto" and recipe_differences(cfg, recipe) == []
     _, cfg2 = load_config("resnet9-onecycle", {"optim.name": "sgd"})
-    assert recipe_differences(cfg2, "resnet9-onecycle") == ["optim.name = 'sgd' (recipe: 'adam')"]
+    assert recipe_differences(cfg2, recipe) == ["optim.name = 'sgd' (recipe: 'adam')"]
 
 
 # --- vislab compare --reference and the data columns -------------------------------------------------------------

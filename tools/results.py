@@ -77,12 +77,14 @@ def machine_of(summary: dict[str, Any] | None) -> str | None:
 
 def entry_from_run(run_dir: Path, *, commit: str, machine: str | None, data: str | None, date: str | None,
                    recipe: str | None = None) -> dict[str, Any]:
+    from vislab.config import load_config
     from vislab.report import read_run
     from vislab.results import describe_data, run_data, run_recipe
 
     folder = read_run(run_dir)
     if recipe is None:
-        recipe, how = run_recipe(folder.config, folder.config_text, folder.summary)
+        recipes = {name: load_config(name)[1] for name in list_recipes()}
+        recipe, how = run_recipe(folder.config, folder.config_text, folder.summary, recipes)
         if recipe is None:
             raise ToolError(f"{str(run_dir)!r}: cannot tell which recipe this run ran ({how}); give it with --recipe NAME (one RUN_DIR at a time).")
     elif recipe not in list_recipes():

@@ -143,15 +143,12 @@ def _flat(cfg: Config) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, sec in cfg.model_dump(mode="json").items() for k, v in sec.items()}
 
 
-def recipe_differences(config: Config, recipe: str) -> list[str]:
-    """The settings in which `config` differs from today's `recipe` (data and where-it-ran settings aside).
+def recipe_differences(config: Config, recipe: Config) -> list[str]:
+    """The settings in which a run's `config` differs from a recipe's (data and where-it-ran settings aside).
 
     A recipe's `auto` learning rate matches any number: the run resolved it with the range test.
     """
-    from .config import load_config
-
-    _, ref = load_config(recipe)
-    mine, theirs = _flat(config), _flat(ref)
+    mine, theirs = _flat(config), _flat(recipe)
     out = []
     for key, want in theirs.items():
         if key.startswith("data.") or key in _WHERE_NOT_WHAT:
@@ -162,17 +159,14 @@ def recipe_differences(config: Config, recipe: str) -> list[str]:
     return out
 
 
-def run_recipe(config: Config, config_text: str, summary: Mapping[str, Any] | None) -> tuple[str | None, str]:
-    """(recipe, how it was found) for a run folder; (None, why not) when it cannot be told.
+def run_recipe(config: Config, config_text: str, summary: Mapping[str, Any] | None, recipes: Mapping[str, Config]) -> tuple[str | None, str]:
+    """(recipe, how it was found) for a run folder, among `recipes` (name -> today's config); (None, why not) when it cannot be told.
 
     summary.json's "recipe" and config.yaml's header name the recipe a run started from, but a
     resumed run records its folder's name there instead, and a YAML file's run its file name: so a
     config equal to exactly one shipped recipe decides first, then a recorded name that is a recipe.
     """
-    from .config import list_recipes
-
-    recipes = list_recipes()
-    exact = [r for r in recipes if not recipe_differences(config, r)]
+    exact = [name for name, cfg in recipes.items() if not recipe_differences(config, cfg)]
     if len(exact) == 1:
         return exact[0], "its config matches the recipe"
     named = []
@@ -206,12 +200,16 @@ def plot_course_curve(ref: CourseReference, ax: Axes) -> Figure:
 def plot_vs_course(history: Sequence[Mapping[str, Any]], ref: CourseReference | None, ax: Axes | None = None,
                    label: str = "vislab") -> Figure:
     """vislab's per-epoch test accuracy beside the course's (when a curve was published)."""
-    from .plots._style import color, new_axes
+    from matplotlib.figure import Figure
 
-    fig, ax = new_axes(ax, (5.0, 3.2))
+    from .plots import PALETTE
+
+    if ax is None:
+        fig = Figure(figsize=(5.0, 3.2), dpi=110, layout="constrained")  # pyplot-free: safe headless
+        ax = fig.add_subplot()
     pts = [(r["epoch"], r["test_acc"]) for r in history if isinstance(r.get("test_acc"), (int, float))]
     if pts:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=color(0), label=f"{label} (test)")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, color=PALETTE[0], label=f"{label} (test)")
     if ref is not None:
         plot_course_curve(ref, ax)
         if not ref.curve:
@@ -221,4 +219,4 @@ def plot_vs_course(history: Sequence[Mapping[str, Any]], ref: CourseReference | 
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(fontsize="x-small")
-    return fig
+    return ax.figure

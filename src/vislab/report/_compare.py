@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
+from ..config import list_recipes, load_config
 from ..errors import ConfigError
 from ..plots import plot_compare
 from ..results import COURSE_SETUP, CourseReference, course_references, plot_course_curve, recipe_differences, run_data, run_recipe
@@ -49,12 +50,13 @@ def _reference_rows(folders: Sequence[RunFolder], labels: Sequence[str], referen
             f"--reference = {reference!r}: no course reference of that name; course references exist for {allowed} "
             "(the other recipes are vislab's own). Give one of them, or --reference alone after the RUN_DIRs to use the recipe each run ran."
         )
+    recipes = {name: load_config(name)[1] for name in list_recipes()}
     out = []
     for label, f in zip(labels, folders):
         if isinstance(reference, str):
             recipe, how = reference, "given with --reference"
         else:
-            recipe, how = run_recipe(f.config, f.config_text, f.summary)
+            recipe, how = run_recipe(f.config, f.config_text, f.summary, recipes)
             if recipe is None:
                 raise ConfigError(
                     f"compare --reference: cannot tell which recipe {str(f.run_dir)!r} ran ({how}). Name the recipe whose course "
@@ -67,7 +69,7 @@ def _reference_rows(folders: Sequence[RunFolder], labels: Sequence[str], referen
             "run": label, "recipe": recipe, "found": how, "reference": ref, "epochs_done": done,
             "final_test_acc": final, "course_final_test_acc": ref.final if ref else None,
             "course_test_acc_at_epoch": ref.at_epoch(done) if ref else None,
-            "differences": recipe_differences(f.config, recipe),
+            "differences": recipe_differences(f.config, recipes[recipe]) if recipe in recipes else [],
         })
     if not any(r["reference"] for r in out):
         names = ", ".join(sorted({r["recipe"] for r in out}))
