@@ -559,6 +559,35 @@ def test_download_false_never_downloads(tmp_path, monkeypatch):
     _assert_offline_message(str(e.value), cache)
 
 
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_name_with_an_imagefolder_root_says_to_set_the_name(tmp_path, monkeypatch, name):
+    def forbidden(*a, **k):
+        raise AssertionError("an image folder in data.root must not start a CIFAR download")
+
+    monkeypatch.setattr(download_mod.urllib.request, "urlopen", forbidden)
+    root = tmp_path / "mine"
+    _make_folder(root, 1, 1, fmt="jpg")
+    cache = tmp_path / "c"
+    # Even with CIFAR already in the cache the user gets told, not silently handed CIFAR instead of their folder.
+    _make_cifar10(cache / C10.folder)
+    with pytest.raises(DataError) as e:
+        load_dataset(name, root, cache_dir=cache)
+    msg = str(e.value)
+    assert msg.startswith(f"data.root = {str(root)!r} is laid out as an image folder")
+    assert "--set data.name=imagefolder" in msg and f"data.name = {name!r}" in msg and "\n" not in msg
+    # the hint holds: the same folder loads as an image folder
+    assert load_dataset("imagefolder", root, cache_dir=cache).classes == sorted(CLASSES)
+
+
+def test_cifar_root_with_the_archive_is_not_taken_for_an_imagefolder(tmp_path, served):
+    archive, _, batches = served
+    root = tmp_path / "root"
+    _make_folder(root, 1, 1)  # stray train/test folders beside the official archive: the archive wins
+    (root / C10.archive).write_bytes(archive.read_bytes())
+    ds = load_dataset("cifar10", root, cache_dir=tmp_path / "c", download=False)
+    assert ds.test_y.tolist() == batches["test_batch"][b"labels"]
+
+
 def test_path_traversal_member_is_refused(tmp_path, monkeypatch):
     _make_cifar10(tmp_path / "src" / C10.folder)
     cache = tmp_path / "deep" / "c"

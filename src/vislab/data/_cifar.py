@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vislab.data._download import NETWORK_ERRORS, extract_folder, fetch, md5_file
+from vislab.data._imagefolder import has_imagefolder_layout
 from vislab.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -127,6 +128,16 @@ def _offline_message(src: CifarSource, cache_dir: Path, root: Path | None, reaso
     )
 
 
+def _imagefolder_message(name: str, src: CifarSource, root: Path) -> str:
+    title = f"CIFAR-{name.removeprefix('cifar')}"
+    return (
+        f"data.root = {str(root)!r} is laid out as an image folder (train/<class>/ and test/<class>/ holding images), "
+        f"but data.name = {name!r} reads the official {title} batches, which are not in it. To train on this folder, "
+        f"add --set data.name=imagefolder (in Python: load_dataset('imagefolder', root)). To use {title} instead, leave "
+        f"data.root unset or point it at {src.archive} or its extracted folder {src.folder}/."
+    )
+
+
 def _verified_archive(path: Path, src: CifarSource) -> bool:
     got = md5_file(path)
     if got == src.md5:
@@ -147,6 +158,10 @@ def locate_cifar(name: str, root: Path | None, cache_dir: Path, download: bool) 
             return root / src.folder
         if _is_folder(root, src):
             return root
+    # A user who points data.root at their own image folder but forgets data.name must hear that first,
+    # not get CIFAR from the cache (training on the wrong data) or advice to download an archive.
+    if root is not None and not (root / src.archive).is_file() and has_imagefolder_layout(root):
+        raise DataError(_imagefolder_message(name, src, root))
     # 2. A folder extracted earlier from a verified archive.
     cached = cache_dir / src.folder
     if cached.is_dir():

@@ -110,6 +110,21 @@ def _list_split(root: Path, split: str, junk: list[str]) -> dict[str, list[os.Di
     return classes
 
 
+def has_imagefolder_layout(root: Path) -> bool:
+    """Whether root/train holds at least one class folder with an image in it (stops at the first one found)."""
+    try:
+        with os.scandir(root / "train") as classes:
+            for entry in classes:
+                if _is_hidden(entry.name) or not entry.is_dir():
+                    continue
+                with os.scandir(entry.path) as files:
+                    if any(f.name.lower().endswith(IMAGE_SUFFIXES) and not f.is_dir() for f in files):
+                        return True
+    except OSError:  # no train/ folder, or one we cannot read: not this layout as far as we can tell
+        return False
+    return False
+
+
 def _list_files(root: Path, image_size: int | None) -> _Listing:
     junk: list[str] = []
     splits = {split: _list_split(root, split, junk) for split in SPLITS}
