@@ -17,7 +17,7 @@ from vislab.engine import load_checkpoint, save_checkpoint
 from vislab.errors import ConfigError, VislabError
 from vislab.explain import PREDICTIONS_FILE, grad_cam
 from vislab.report import compare_runs, explain_run, load_run, make_report, write_report
-from vislab.report._cli import add_subcommands
+from vislab.report.commands import add_subcommands
 
 SECTIONS = [
     "Metrics", "Configuration", "Model", "Training curves", "Learning rate", "What the model sees", "Per-class accuracy",
@@ -159,11 +159,11 @@ def test_cli_choices_match_the_api_and_import_no_torch():
     import sys
 
     from vislab import explain, report
-    from vislab.report import _cli
+    from vislab.report import commands
 
-    assert _cli.ORDERS == explain.ORDERS and _cli.TARGETS == explain.TARGETS
+    assert commands.ORDERS == explain.ORDERS and commands.TARGETS == explain.TARGETS
     assert sorted(report.__all__) == sorted(report._LAZY) and all(getattr(report, n) for n in report.__all__)
-    code = "import sys, vislab.report._cli; print('torch' in sys.modules)"
+    code = "import sys, vislab.report.commands; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size", choices=["full", "quick", "tiny"], help=argparse.SUPPRESS)  # "tiny": the tests' smoke size
     b.set_defaults(func=_cmd_bench)
 
-    from .report._cli import add_subcommands  # report, explain, compare
+    from .report.commands import add_subcommands  # report, explain, compare
 
     add_subcommands(sub)
     return p

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Public names, imported on first use: cli.py imports vislab.report._cli to build its parser, and that
+# Public names, imported on first use: cli.py imports vislab.report.commands to build its parser, and that
 # must not pull in torch and matplotlib (`vislab --version` stays instant).
 _LAZY = {
     "Comparison": "_compare", "compare_runs": "_compare",
