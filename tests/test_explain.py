@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vislab.augment import normalize
 from vislab.errors import ConfigError
 from vislab.explain import (
     confusion_matrix,
@@ -190,6 +193,41 @@ def test_guided_grad_cam_shape():
     model = create_model("resnet9", num_classes=10, width=0.125).eval()
     out = guided_grad_cam(model, torch.randn(2, 3, 32, 32), torch.tensor([3, 4]))
     assert out.shape == (2, 3, 32, 32) and out.abs().sum() > 0
+
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+def _entry_points(model: nn.Module):
+    """Every public explain function that takes an image batch, called on `x`."""
+    t = torch.tensor([0, 1])
+    return {
+        "grad_cam": lambda x: grad_cam(model, x, t),
+        "grad_cam_targets": lambda x: grad_cam_targets(model, x, {"predicted": t}),
+        "guided_grad_cam": lambda x: guided_grad_cam(model, x, t),
+        "deletion_test": lambda x: deletion_test(model, x, torch.rand(2, 32, 32), t),
+    }
+
+
+@pytest.mark.parametrize("entry", ["grad_cam", "grad_cam_targets", "guided_grad_cam", "deletion_test"])
+def test_raw_pixel_inputs_are_refused_or_flagged(entry):
+    torch.manual_seed(0)
+    model = create_model("resnet9", num_classes=10, width=0.125).eval()
+    call = _entry_points(model)[entry]
+    pixels = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    for raw in (pixels, pixels.long()):
+        with pytest.raises(ConfigError) as e:
+            call(raw)
+        msg = str(e.value)
+        assert msg.startswith("x: ") and str(raw.dtype) in msg and "(2, 3, 32, 32)" in msg and "normalize" in msg
+    with pytest.warns(UserWarning, match=r"^x: every value lies in \[0, 255\]"):
+        call(pixels.float())
+    # Normalized CIFAR images never trip the rule, even the extremes: all-white and all-black images.
+    extremes = torch.stack([torch.full((3, 32, 32), 255, dtype=torch.uint8), torch.zeros(3, 32, 32, dtype=torch.uint8)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for x in (normalize(extremes, CIFAR_MEAN, CIFAR_STD), normalize(extremes[:1], CIFAR_MEAN, CIFAR_STD).expand(2, -1, -1, -1)):
+            call(x)
 
 
 class _RegionModel(nn.Module):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ._gradcam import explaining
+from ._gradcam import check_images, explaining
 
 DELETE_FRACTION = 0.2
 RANDOM_REPEATS = 4  # random masks per image, averaged: one draw alone is a noisy baseline
@@ -112,6 +112,7 @@ def deletion_test(
     (default H // 8 x W // 8, the last stage of the CIFAR ResNets). All variants run as one batched
     forward in eval mode; the model's modes are restored afterwards.
     """
+    check_images(x, "x", stacklevel=2)
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"fraction = {fraction!r}: the share of pixels to remove must lie strictly between 0 and 1.")
     if repeats < 1:

@@ -15,6 +15,17 @@ from ..errors import ConfigError
 from ..models import get_target_layer
 
 LAYER_LIST_DEPTH = 2  # module names listed in the "unknown layer" message: up to this many dots deep
+# A float batch with no negative value and a maximum above this is taken for raw 0-255 pixels. Normalized
+# images, (x / 255 - mean) / std, reach at most (1 - mean) / std: about 2.1 for CIFAR-10 and above 10 only
+# for a channel whose std is below 0.1; and a batch of them has negative values unless every pixel is at
+# least its channel's mean. So the rule cannot fire on normalized CIFAR images. Images scaled to [0, 1]
+# but not standardized are not flagged: a batch of bright normalized images (white sky, snow) can lie in
+# [0, 1] too, and a model does not record the normalization it was trained with.
+RAW_PIXEL_MAX = 10.0
+NORMALIZE_HINT = (
+    "float images normalized as in training, (x / 255 - mean) / std per channel, e.g. "
+    "vislab.augment.normalize(images, dataset.mean, dataset.std) or LoadedRun.normalize(images)"
+)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -73,6 +84,33 @@ def capture_output(module: nn.Module) -> Iterator[dict[str, Tensor]]:
         handle.remove()
 
 
+def check_images(x: Tensor, name: str = "x", *, stacklevel: int = 2) -> Tensor:
+    """Refuse what cannot be a normalized image batch (N, C, H, W); warn on floats that look like raw pixels.
+
+    Integer and bool tensors (e.g. uint8 straight from a data set) are refused: the model would be fed
+    pixel values 0..255 where it was trained on normalized ones, and Grad-CAM would explain that input.
+    """
+    if not isinstance(x, Tensor):
+        raise ConfigError(f"{name}: got a {type(x).__name__}; expected a torch.Tensor of {NORMALIZE_HINT}.")
+    if x.ndim != 4:
+        raise ConfigError(f"{name} must be a batch of normalized images shaped (N, C, H, W); got shape {tuple(x.shape)}.")
+    if not x.is_floating_point():
+        raise ConfigError(
+            f"{name}: got a {x.dtype} tensor of shape {tuple(x.shape)}, i.e. raw pixel values; expected {NORMALIZE_HINT}."
+        )
+    if x.numel():
+        lo, hi = (float(v) for v in torch.aminmax(x.detach().float()))
+        if lo >= 0.0 and hi > RAW_PIXEL_MAX:
+            warnings.warn(
+                f"{name}: every value lies in [{lo:g}, {hi:g}] and none is negative, which looks like raw 0-255 pixel "
+                f"values, not normalized images; the maps of such an input differ from those of the right one. "
+                f"Give {NORMALIZE_HINT}.",
+                UserWarning,
+                stacklevel=stacklevel + 1,
+            )
+    return x
+
+
 def _check_targets(targets: Tensor, n: int, num_classes: int, name: str) -> Tensor:
     targets = torch.as_tensor(targets).long().flatten().clone()  # a normal tensor even if made under inference_mode
     if targets.numel() != n:
@@ -99,14 +137,21 @@ def grad_cam_targets(
     layer: str | nn.Module | None = None,
     upsample: bool = True,
 ) -> CamResult:
-    """Grad-CAM of one batch for several target sets (e.g. predicted and actual class) from one forward.
+    """Grad-CAM of one batch of normalized float images for several target sets (e.g. predicted and actual
+    class) from one forward.
 
     For target class c: weights = spatial mean of d logit_c / d A over the layer output A (N, K, h, w),
     map = ReLU(sum_k weights_k * A_k). With `upsample`, maps are resized bilinearly to the input's
     (H, W). Runs in fp32, eval mode; the model's modes, parameters and gradients are left as they were.
+    uint8/integer `x` is refused, and float `x` that looks like raw 0-255 pixels warns (see check_images).
     """
-    if x.ndim != 4:
-        raise ConfigError(f"x must be a batch of normalized images shaped (N, C, H, W); got shape {tuple(x.shape)}.")
+    check_images(x, "x", stacklevel=2)
+    return _grad_cam_targets(model, x, targets, layer=layer, upsample=upsample)
+
+
+def _grad_cam_targets(
+    model: nn.Module, x: Tensor, targets: Mapping[str, Tensor], *, layer: str | nn.Module | None, upsample: bool
+) -> CamResult:
     if not targets:
         raise ConfigError("targets: give at least one set of target classes.")
     target_layer = resolve_layer(model, layer)
@@ -142,15 +187,17 @@ def grad_cam(
     layer: str | nn.Module | None = None,
     upsample: bool = True,
 ) -> Tensor:
-    """Grad-CAM maps (N, H, W) of normalized images `x` for one target class per image (see grad_cam_targets)."""
-    return grad_cam_targets(model, x, {"target": target}, layer=layer, upsample=upsample).maps["target"]
+    """Grad-CAM maps (N, H, W) of normalized float images `x` for one target class per image (see grad_cam_targets)."""
+    check_images(x, "x", stacklevel=2)
+    return _grad_cam_targets(model, x, {"target": target}, layer=layer, upsample=upsample).maps["target"]
 
 
 def guided_grad_cam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | nn.Module | None = None) -> Tensor:
     """captum's GuidedGradCam: guided backprop times Grad-CAM, (N, C, H, W); modes restored afterwards.
 
-    captum hooks every ReLU for the duration of the call and removes the hooks itself.
+    captum hooks every ReLU for the duration of the call and removes the hooks itself. `x` as for grad_cam.
     """
+    check_images(x, "x", stacklevel=2)
     from captum.attr import GuidedGradCam
 
     target_layer = resolve_layer(model, layer)
