@@ -45,7 +45,33 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     print(f"suggestions: valley {s['valley']:.3g}, steepest {s['steepest']:.3g}, min_loss_div10 {s['min_loss_div10']:.3g}, onecycle {lo:.3g} .. {hi:.3g}")
     for w in s["warnings"]:
         print(f"warning: {w}")
+    print(f"to train with it: {_lr_override(args, s['chosen'])}")
     print(finder.run_dir)
+    return 0
+
+
+def _lr_override(args: argparse.Namespace, lr: float) -> str:
+    """The `--set` that trains the recipe at `lr`: OneCycle's peak is sched.max_lr (optim.lr is ignored when it
+    is set), every other schedule starts from optim.lr."""
+    from .config import load_config
+
+    _, cfg = load_config(args.recipe, args.set)  # the config lr_find just ran, validated again (no data loaded)
+    key = "sched.max_lr" if cfg.sched.name == "onecycle" else "optim.lr"
+    recipe = f" {args.recipe}" if args.recipe else ""
+    return f"vislab train{recipe} --set {key}={lr:.3g}"
+
+
+def _print_recipe(name: str) -> int:
+    from importlib import resources
+
+    from .config import list_recipes
+    from .errors import ConfigError
+
+    names = list_recipes()
+    if name not in names:
+        raise ConfigError(f"Unknown recipe {name!r}: `vislab recipes NAME` prints one of {', '.join(names)}.")
+    # The shipped file verbatim, comment header included: the user's my.yaml starts as a copy of it.
+    print((resources.files("vislab") / "recipes" / f"{name}.yaml").read_text(), end="")
     return 0
 
 
@@ -53,6 +79,8 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     from .config import DEFAULT_RECIPE, list_recipes, recipe_info
     from .results import COURSE_SETUP, course_reference, describe_result
 
+    if args.name is not None:
+        return _print_recipe(args.name)
     for name in list_recipes():
         info = recipe_info(name)
         mark = " (default)" if name == DEFAULT_RECIPE else ""
@@ -126,18 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", help="output folder (default: runs/lr-find-<recipe>-<YYYYmmdd-HHMMSS>)")
     f.set_defaults(func=_cmd_lr_find)
 
-    r = sub.add_parser("recipes", help="list the shipped recipes", description="List the recipes shipped with vislab.")
+    r = sub.add_parser(
+        "recipes", help="list the shipped recipes, or print one",
+        description="List the recipes shipped with vislab; with NAME, print that recipe's YAML to start your own config from "
+        "(`vislab recipes quick > my.yaml`, then `vislab train my.yaml`). A YAML file may also start with `recipe: NAME` "
+        "and hold only the keys it changes in that recipe.",
+    )
+    r.add_argument("name", nargs="?", metavar="NAME", help="a recipe to print as YAML (its comment header included)")
     r.add_argument("-v", "--verbose", action="store_true",
                    help="also print each recipe's description, the course's figure and vislab's measured one (docs/results.json)")
     r.set_defaults(func=_cmd_recipes)
 
     s = sub.add_parser("summary", help="print a model's layer table", description="Layer table, output shapes and parameter counts (torchinfo).")
     s.add_argument("model", help="model name, e.g. resnet18")
-    s.add_argument("--num-classes", type=int, default=10)
-    s.add_argument("--norm", choices=["batch", "group", "layer"])
-    s.add_argument("--width", type=float)
-    s.add_argument("--image-size", type=int, default=32)
-    s.add_argument("--depth", type=int, default=3)
+    s.add_argument("--num-classes", type=int, default=10, help="size of the classifier's output (default 10)")
+    s.add_argument("--norm", choices=["batch", "group", "layer"], help="normalization layers (default: the model's own)")
+    s.add_argument("--width", type=float, help="channel-width multiplier, e.g. 0.25 (default: the model's own)")
+    s.add_argument("--image-size", type=int, default=32, help="height and width of the input images (default 32)")
+    s.add_argument("--depth", type=int, default=3, help="nesting depth of the layer table (default 3)")
     s.set_defaults(func=_cmd_summary)
 
     b = sub.add_parser(

@@ -16,12 +16,15 @@ from torch import Tensor
 from ..files import atomic_write_text
 from ..explain import (
     DELETE_FRACTION,
+    PREDICTIONS_FILE,
     check_count,
     check_order,
     check_target,
     deletion_test,
     grad_cam_targets,
     guided_grad_cam,
+    load_predictions,
+    predict,
     resolve_layer,
     select_misclassified,
 )
@@ -32,6 +35,9 @@ log = logging.getLogger(__name__)
 
 FAITHFULNESS_SAMPLE = 200  # random test images for the typical deletion numbers (besides the gallery's)
 EXPLAIN_FOLDER = "explain"
+# Tiles per PNG that `explain_run` writes: a 409-image gallery in one figure was a 39,000-pixel-tall file that no
+# viewer shows at a readable size; 50 tiles (10 rows of 5) still fit a screen.
+PAGE_TILES = 50
 
 
 @dataclass
@@ -50,6 +56,9 @@ class Explanation:
     gradcam: Figure | None
     guided: Figure | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # file stem ("misclassified", "gradcam", "guided_gradcam") -> its figures, one per page; the fields above
+    # are each kind's first page (the whole figure when not paged, as in the report)
+    pages: dict[str, list[Figure]] = field(default_factory=dict)
 
 
 def layer_name(model: torch.nn.Module, layer: Any) -> str:
@@ -88,8 +97,12 @@ def explain_loaded(
     seed: int = 0,
     faithfulness_n: int = FAITHFULNESS_SAMPLE,
     guided: bool = False,
+    page_tiles: int | None = None,
 ) -> Explanation:
-    """Everything `explain` shows, from a loaded run and its cached test-set predictions."""
+    """Everything `explain` shows, from a loaded run and its cached test-set predictions.
+
+    `page_tiles` splits each figure into pages of at most that many image tiles (None: one figure each).
+    """
     check_order(order)
     check_target(target)
     check_count(n, "n")
@@ -103,11 +116,17 @@ def explain_loaded(
     probs_all = logits[idx].float().softmax(1)
     preds, probs, y = probs_all.argmax(1), probs_all.amax(1), labels[idx]
     images = ds.test_x[idx]  # (n, C, H, W) uint8
-    gallery = plot_misclassified(images, y, preds, probs, classes) if idx.numel() else None
+    pages: dict[str, list[Figure]] = {}
+
+    def paged(count: int, tiles_per_image: int) -> list[slice]:
+        per_page = count if page_tiles is None else max(1, page_tiles // tiles_per_image)
+        return [slice(i, i + per_page) for i in range(0, count, max(per_page, 1))]
+
+    if idx.numel():
+        pages["misclassified"] = [plot_misclassified(images[sl], y[sl], preds[sl], probs[sl], classes) for sl in paged(len(idx), 1)]
     timings["gallery"] = time.perf_counter() - t0
 
     cams: dict[str, Tensor] = {}
-    gradcam_fig = guided_fig = None
     faith: dict[str, dict[str, float]] = {}
     if idx.numel():
         t0 = time.perf_counter()
@@ -117,7 +136,10 @@ def explain_loaded(
         cams = {k: v.cpu() for k, v in res.maps.items()}
         timings["grad-cam"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        gradcam_fig = plot_gradcam(images, cams, y, preds, probs, classes)
+        pages["gradcam"] = [
+            plot_gradcam(images[sl], {k: v[sl] for k, v in cams.items()}, y[sl], preds[sl], probs[sl], classes)
+            for sl in paged(len(idx), 1 + len(cams))
+        ]
         timings["grad-cam plot"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         faith.update(_faithfulness(run, x, cams, {k: v.cpu() for k, v in targets.items()}, res.grid, "gallery", seed))
@@ -129,7 +151,7 @@ def explain_loaded(
             scale = attr.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
             vis = ((attr / scale) * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
             titles = [f"guided Grad-CAM\npred: {classes[int(p)]}" for p in preds]
-            guided_fig = plot_image_grid(vis, titles, ncols=5)
+            pages["guided_gradcam"] = [plot_image_grid(vis[sl], titles[sl], ncols=5) for sl in paged(len(idx), 1)]
             timings["guided grad-cam"] = time.perf_counter() - t0
 
     if faithfulness_n:
@@ -142,9 +164,11 @@ def explain_loaded(
         sample_res = grad_cam_targets(run.model, xs, sample_targets, layer=layer)
         faith.update(_faithfulness(run, xs, sample_res.maps, sample_targets, sample_res.grid, "random test images", seed))
         timings["deletion test (sample)"] = time.perf_counter() - t0
+    first = {k: v[0] for k, v in pages.items()}
     return Explanation(
         indices=idx, labels=y, preds=preds, probs=probs, order=order, layer=name, cams=cams, faithfulness=faith,
-        gallery=gallery, gradcam=gradcam_fig, guided=guided_fig, timings=timings,
+        gallery=first.get("misclassified"), gradcam=first.get("gradcam"), guided=first.get("guided_gradcam"), timings=timings,
+        pages=pages,
     )
 
 
@@ -161,6 +185,21 @@ class ExplainResult:
 def save_figure(fig: Figure, path: Path, dpi: int | None = None) -> Path:
     fig.savefig(path, format="png", dpi=dpi or fig.dpi)
     return path
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def _predictions_read_only(run: LoadedRun) -> tuple[Tensor, Tensor, bool]:
+    """`LoadedRun.predictions` without writing its cache: `explain --out` elsewhere leaves the run folder as it was
+    (it may be another user's, read-only, or synced). The cache is still used when it fits."""
+    hit = load_predictions(run.folder.run_dir / PREDICTIONS_FILE, run.prediction_key)
+    if hit is not None:
+        return hit[0], hit[1], True
+    ds = run.dataset
+    logits = predict(run.model, ds.test_x, run.normalize, device=run.device, autocast_dtype=run.precision.dtype, channels_last=run.channels_last)
+    return logits, ds.test_y.long().clone(), False
 
 
 def explain_run(
@@ -181,26 +220,31 @@ def explain_run(
     """Misclassified gallery + Grad-CAM (predicted / actual / both) of a run, written to `out` (default RUN_DIR/explain).
 
     Files: misclassified.png, gradcam.png, guided_gradcam.png (with `guided`) and explain.json (indices,
-    classes, probabilities, deletion-test numbers, timings).
+    classes, probabilities, deletion-test numbers, timings). A figure of more than PAGE_TILES image tiles is
+    split into pages: misclassified-1.png, misclassified-2.png, ... With `out` outside the run folder,
+    nothing is written into the run folder (not even the predictions cache).
     """
+    # Checked before the data and the model are loaded, which can take minutes.
     check_order(order)
     check_target(target)
+    check_count(n, "n")
+    check_count(faithfulness_n, "faithfulness_n")
     started = time.perf_counter()
     run = load_run(run_dir, checkpoint=checkpoint, device=device, data_root=data_root)
     timings = dict(run.timings)
+    out_dir = Path(out) if out is not None else run.folder.run_dir / EXPLAIN_FOLDER
     t0 = time.perf_counter()
-    logits, labels, cached = run.predictions()
+    logits, labels, cached = run.predictions() if _inside(out_dir, run.folder.run_dir) else _predictions_read_only(run)
     timings["predictions (cached)" if cached else "predictions"] = time.perf_counter() - t0
     ex = explain_loaded(run, logits, labels, n=n, order=order, target=target, layer=layer, seed=seed,
-                        faithfulness_n=faithfulness_n, guided=guided)
+                        faithfulness_n=faithfulness_n, guided=guided, page_tiles=PAGE_TILES)
     timings.update(ex.timings)
-    out_dir = Path(out) if out is not None else run.folder.run_dir / EXPLAIN_FOLDER
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     files = []
-    for fig, fname in ((ex.gallery, "misclassified.png"), (ex.gradcam, "gradcam.png"), (ex.guided, "guided_gradcam.png")):
-        if fig is not None:
-            files.append(save_figure(fig, out_dir / fname))
+    for stem, figs in ex.pages.items():
+        names = [f"{stem}.png"] if len(figs) == 1 else [f"{stem}-{i}.png" for i in range(1, len(figs) + 1)]
+        files.extend(save_figure(fig, out_dir / name) for fig, name in zip(figs, names))
     timings["write files"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - started
     classes = run.classes

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
+from typing import Iterator
 
 # Copies of vislab.explain.ORDERS / TARGETS (a test keeps them equal): importing vislab.explain here would
 # pull in torch while the parser is built, and `vislab --version` should stay instant.
@@ -10,24 +12,59 @@ ORDERS = ("loss", "confidence", "random")
 TARGETS = ("predicted", "actual", "both")
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+def _add_run_options(p: argparse.ArgumentParser, n_help: str) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder of a `vislab train` run (finished or interrupted)")
-    p.add_argument("--n", type=int, default=20, help="misclassified images in the gallery (default 20)")
+    p.add_argument("--n", type=int, default=20, help=n_help)
     p.add_argument("--order", choices=ORDERS, default="loss", help="gallery order: loss (top losses), confidence, random (default loss)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random order, samples and masks (default 0)")
     p.add_argument("--layer", metavar="NAME", help="Grad-CAM layer, a dotted module name (default: the model's registered layer)")
-    p.add_argument("--checkpoint", metavar="best|last|PATH", help="checkpoint to explain (default: best, else last)")
+    p.add_argument("--checkpoint", metavar="best|last|interrupted|PATH",
+                   help="checkpoint to explain: best, last, interrupted (of a stopped run) or a path (default: best, else last)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--data-root", metavar="DIR", help="data folder, when the run's data.root does not resolve from here")
+
+
+def _check_n(n: int, least: int, allowed: str) -> None:
+    # Before the data and the model are loaded: a typo should not cost the minutes those take.
+    from ..errors import ConfigError
+
+    if n < least:
+        raise ConfigError(f"--n = {n}: {allowed}.")
+
+
+@contextmanager
+def _naming_data_root(args: argparse.Namespace) -> Iterator[None]:
+    """A run trained from another working folder keeps a data.root that does not resolve from here; the data
+    error then names the --data-root flag that points these commands at the data."""
+    from pathlib import Path
+
+    from ..errors import DataError
+
+    try:
+        yield
+    except DataError as e:
+        if args.data_root is not None:
+            raise
+        from ..rundir import read_run
+
+        root = read_run(args.run_dir).config.data.root
+        if root is None or Path(root).is_dir():
+            raise
+        raise DataError(
+            f"{e} The run was trained with data.root = {root!r}, which does not exist from {str(Path.cwd())!r}: "
+            f"give the data's folder with --data-root DIR (`vislab {args.command} {args.run_dir} --data-root DIR`)."
+        ) from None
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from ..env import setup_logging
     from ._report import make_report
 
+    _check_n(args.n, 0, "give the number of misclassified images in the gallery, a whole number >= 0 (0: no gallery)")
     setup_logging()
-    rep = make_report(args.run_dir, n=args.n, order=args.order, target=args.target, layer=args.layer, seed=args.seed,
-                      checkpoint=args.checkpoint, device=args.device, data_root=args.data_root, preview=args.preview)
+    with _naming_data_root(args):
+            rep = make_report(args.run_dir, n=args.n, order=args.order, target=args.target, layer=args.layer, seed=args.seed,
+                          checkpoint=args.checkpoint, device=args.device, data_root=args.data_root, preview=args.preview)
     print(rep.markdown)
     print(rep.html)
     return 0
@@ -35,11 +72,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_explain(args: argparse.Namespace) -> int:
     from ..env import setup_logging
-    from ._explain import explain_run
+    from ._explain import PAGE_TILES, explain_run
 
+    _check_n(args.n, 1, "give the number of misclassified images to explain, a whole number >= 1")
     setup_logging()
-    res = explain_run(args.run_dir, n=args.n, target=args.target, layer=args.layer, order=args.order, seed=args.seed,
-                      checkpoint=args.checkpoint, device=args.device, data_root=args.data_root, out=args.out, guided=args.guided)
+    with _naming_data_root(args):
+        res = explain_run(args.run_dir, n=args.n, target=args.target, layer=args.layer, order=args.order, seed=args.seed,
+                          checkpoint=args.checkpoint, device=args.device, data_root=args.data_root, out=args.out, guided=args.guided)
+    shown = res.explanation.indices.numel()
+    if shown < args.n:
+        # select_misclassified returns every misclassified image when there are fewer than --n.
+        print(f"note: --n {args.n} is more than the {shown} misclassified test images; the gallery shows all {shown}"
+              + (f", in pages of at most {PAGE_TILES} images" if shown > PAGE_TILES else ""))
     for key, d in res.explanation.faithfulness.items():
         print(f"deletion test, {key}: probability drop {d['cam_drop']:.3f} (top-20% CAM) vs {d['region_drop']:.3f} (random region) "
               f"and {d['random_drop']:.3f} (random pixels), n={d['images']}")
@@ -86,7 +130,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     r = subparsers.add_parser("report", help="write report.md and a self-contained report.html for a run",
                               description="Metrics, config, model, curves, LR, augmented samples, per-class accuracy, confusion "
                                           "matrix, misclassified gallery, Grad-CAM and its deletion test, as report.md + report.html.")
-    _add_run_options(r)
+    _add_run_options(r, "misclassified images in the gallery (default 20; 0: none)")
     r.add_argument("--target", choices=TARGETS, default="both", help="Grad-CAM target class (default both)")
     r.add_argument("--preview", type=int, default=16, metavar="N", help="augmented training images shown (0: none; default 16)")
     r.set_defaults(func=_cmd_report)
@@ -94,7 +138,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser("explain", help="misclassified gallery and Grad-CAM for a run",
                               description="Misclassified test images and their Grad-CAM maps for the predicted and/or actual "
                                           "class, with the deletion test; written to RUN_DIR/explain unless --out.")
-    _add_run_options(e)
+    _add_run_options(e, "misclassified images to explain, at most as many as the model got wrong (default 20); more than "
+                        "fit one readable figure are split into pages (misclassified-1.png, ...)")
     e.add_argument("--target", choices=TARGETS, default="both", help="Grad-CAM target class (default both)")
     e.add_argument("--guided", action="store_true", help="also draw captum's Guided Grad-CAM for the predicted class")
     e.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/explain)")
