@@ -12,6 +12,7 @@ from torch import nn
 from vislab.augment import normalize
 from vislab.errors import ConfigError
 from vislab.explain import (
+    MIN_MEANINGFUL_DROP,
     confusion_matrix,
     deletion_test,
     grad_cam,
@@ -277,6 +278,24 @@ def test_deletion_test_follows_the_map():
     assert bad.cam_drop == pytest.approx(0.0, abs=1e-6) and bad.win_rate == 0.0
     with pytest.raises(ConfigError, match="fraction"):
         deletion_test(model, x, on_region, target, fraction=1.5)
+
+
+def test_deletion_numbers_of_a_model_that_hardly_reacts_are_flagged():
+    x = torch.full((4, 3, 16, 16), 2.0)
+    on_region = torch.zeros(4, 16, 16)
+    on_region[:, :8, :8] = 1.0
+    target = torch.ones(4, dtype=torch.long)
+    confident = _RegionModel()
+    unsure = _RegionModel()
+    with torch.no_grad():
+        unsure.w.fill_(0.01)  # logits 0 vs 0.02: p about 0.5 whatever is deleted, like a near-chance model
+    flat = deletion_test(unsure, x, on_region, target, fraction=0.2)
+    # the CAM still "wins" on every image, but by drops far below MIN_MEANINGFUL_DROP: that must be said
+    assert flat.win_rate == 1.0 and 0 < flat.cam_drop < 0.005
+    assert flat.drops_too_small and flat.as_dict()["drops_too_small"] is True
+    assert flat.as_dict()["min_meaningful_drop"] == MIN_MEANINGFUL_DROP == 0.02
+    real = deletion_test(confident, x, on_region, target, fraction=0.2)
+    assert real.cam_drop > 0.1 and not real.drops_too_small and real.as_dict()["drops_too_small"] is False
 
 
 def test_select_misclassified_orders():

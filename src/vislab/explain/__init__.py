@@ -2,6 +2,7 @@
 
 from ._deletion import (
     DELETE_FRACTION,
+    MIN_MEANINGFUL_DROP,
     RANDOM_REPEATS,
     DeletionResult,
     deletion_test,
@@ -43,6 +44,7 @@ from ._select import (
 
 __all__ = [
     "DELETE_FRACTION",
+    "MIN_MEANINGFUL_DROP",
     "ORDERS",
     "PREDICTIONS_FILE",
     "RANDOM_REPEATS",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,8 +14,14 @@ from ._gradcam import check_images, explaining
 
 DELETE_FRACTION = 0.2
 RANDOM_REPEATS = 4  # random masks per image, averaged: one draw alone is a noisy baseline
-TIE_JITTER = 1e-6
-DELETION_BATCH = 1024  # CAM values closer than this (flat or all-zero maps) are ordered at random
+TIE_JITTER = 1e-6  # CAM values closer than this (flat or all-zero maps) are ordered at random
+DELETION_BATCH = 1024  # images per forward pass of the deletion variants
+# Mean drop of p(target) below which a deletion test says nothing. When neither removing the top-CAM
+# pixels nor removing a random region of the same size moves p(target) by 0.02 on average, the model
+# hardly reacts to losing a fifth of the image (typical of a near-chance model, p about 1 / classes),
+# and "CAM drop > region drop" compares noise: 100% wins on drops of 0.003 mean nothing. 0.02 is a
+# judgement, not a measured bound: small beside any drop worth reporting, large beside rounding.
+MIN_MEANINGFUL_DROP = 0.02
 
 
 @dataclass
@@ -53,11 +60,19 @@ class DeletionResult:
         """Share of images whose target probability fell further under CAM deletion than under random-region deletion."""
         return self._mean((self.p_cam < self.p_region).float())
 
-    def as_dict(self) -> dict[str, float]:
+    @property
+    def drops_too_small(self) -> bool:
+        """True when both the CAM drop and the random-region drop are below MIN_MEANINGFUL_DROP in size:
+        the model hardly reacts to deleting pixels, so neither the drops nor the win rate say anything
+        about the maps. Also True for an empty test (no images)."""
+        drops = (self.cam_drop, self.region_drop)
+        return not all(math.isfinite(d) for d in drops) or max(abs(d) for d in drops) < MIN_MEANINGFUL_DROP
+
+    def as_dict(self) -> dict[str, float | bool]:
         return {
             "images": int(self.p_orig.numel()), "fraction": self.fraction, "p_orig": self._mean(self.p_orig),
             "cam_drop": self.cam_drop, "random_drop": self.random_drop, "region_drop": self.region_drop,
-            "win_rate": self.win_rate,
+            "win_rate": self.win_rate, "drops_too_small": self.drops_too_small, "min_meaningful_drop": MIN_MEANINGFUL_DROP,
         }
 
 
