@@ -10,6 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from vislab.augment import normalize
+from vislab.errors import ConfigError
 from vislab.plots import (
     HEATMAP_CMAP,
     MATRIX_CMAP,
@@ -142,14 +143,50 @@ def test_gallery_titles_say_predicted_and_true_class():
     assert _texts(fig) == ["pred: dog (p=0.83)\ntrue: cat", "pred: cat (p=0.50)\ntrue: ship"]
 
 
+def test_gallery_tiles_show_what_the_gallery_is_sorted_by():
+    # Ordered by loss (or by p(true), its mirror image) or by confidence: the key must be on every tile.
+    fig = plot_misclassified(_images(2), [0, 2], [1, 0], [0.834, 0.5], CLASSES, true_probs=[0.05, 0.3], losses=[2.9957, 1.204])
+    assert _texts(fig) == ["pred: dog (p=0.83)\ntrue: cat (p=0.05)\nloss 3.00", "pred: cat (p=0.50)\ntrue: ship (p=0.30)\nloss 1.20"]
+
+
 def test_gradcam_plot_groups_each_image_with_its_maps():
     cams = {"predicted": torch.rand(3, 8, 8), "actual": torch.rand(3, 8, 8)}
     fig = plot_gradcam(_images(3), cams, [0, 1, 2], [1, 2, 0], [0.9, 0.8, 0.7], CLASSES)
     texts = [t for t in _texts(fig)]
     assert len(texts) == 9  # image + two maps per image
-    assert texts[1] == "CAM w.r.t. predicted\ndog" and texts[2] == "CAM w.r.t. actual\ncat"
-    assert texts[4] == "CAM w.r.t. predicted\nship" and texts[5] == "CAM w.r.t. actual\ndog"
+    assert [t.split("\n")[:2] for t in texts[1:3] + texts[4:6]] == [
+        ["CAM w.r.t. predicted", "dog p=0.90"], ["CAM w.r.t. actual", "cat"], ["CAM w.r.t. predicted", "ship p=0.80"], ["CAM w.r.t. actual", "dog"],
+    ]
     assert len(fig.axes) == 2  # the mosaic and its colour bar
+
+
+def test_gradcam_maps_carry_confidence_and_absolute_scale():
+    # A near-chance model: weak maps, p about 1/3. Scaled to their own maximum they look as bright as a
+    # confident model's, so each map must say p(class) and its raw maximum, and a shared scale must keep them dark.
+    g = torch.Generator().manual_seed(0)
+    weak = torch.rand(2, 8, 8, generator=g) * 0.004
+    strong = torch.rand(2, 8, 8, generator=g) * 2.5
+    cams = {"predicted": strong, "actual": weak}
+    fig = plot_gradcam(_images(2), cams, [0, 1], [1, 2], [0.91, 0.8], CLASSES, true_probs=[0.34, 0.02])
+    texts = _texts(fig)
+    assert texts[1] == f"CAM w.r.t. predicted\ndog p=0.91\nraw max {float(strong[0].max()):.3g}"
+    assert texts[2] == f"CAM w.r.t. actual\ncat p=0.34\nraw max {float(weak[0].max()):.3g}"
+    assert texts[5] == f"CAM w.r.t. actual\ndog p=0.02\nraw max {float(weak[1].max()):.3g}"
+    assert "own maximum" in fig.axes[1].get_xlabel() and fig.axes[1].get_xlim() == (0.0, 1.0)
+
+    shared = plot_gradcam(_images(2), cams, [0, 1], [1, 2], [0.91, 0.8], CLASSES, true_probs=[0.34, 0.02], scale="shared")
+    bar = shared.axes[1]
+    assert "raw values" in bar.get_xlabel() and bar.get_xlim()[1] == pytest.approx(float(strong.max()))
+    # on the shared scale the weak maps are drawn in the map's bottom colour; on their own scale they span it all
+    from matplotlib import colormaps
+
+    low = np.round(np.array(colormaps[HEATMAP_CMAP](0.0)[:3]) * 255)
+    own = overlay_heatmap(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), weak, alpha=1.0)
+    one = overlay_heatmap(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), weak, alpha=1.0, vmax=float(strong.max()))
+    assert (one.permute(0, 2, 3, 1).reshape(-1, 3).float() - torch.tensor(low)).abs().max() <= 2
+    assert (own.permute(0, 2, 3, 1).reshape(-1, 3).float() - torch.tensor(low)).abs().max() > 100
+    with pytest.raises(ConfigError, match="scale"):
+        plot_gradcam(_images(2), cams, [0, 1], [1, 2], [0.91, 0.8], CLASSES, scale="log")
 
 
 def test_overlay_heatmap_blends_the_map_colours():

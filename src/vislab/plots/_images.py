@@ -43,14 +43,22 @@ def _hwc(images: Tensor | np.ndarray) -> np.ndarray:
     return a / 255.0 if images.dtype in (torch.uint8, np.uint8) else np.clip(a, 0.0, 1.0)
 
 
-def overlay_heatmap(images: Tensor, cams: Tensor, *, alpha: float = 0.5, cmap: str = HEATMAP_CMAP) -> Tensor:
-    """Blend per-image-normalized maps (N, H, W) in `cmap` over uint8 images (N, C, H, W); returns uint8 (N, 3, H, W)."""
+def overlay_heatmap(
+    images: Tensor, cams: Tensor, *, alpha: float = 0.5, cmap: str = HEATMAP_CMAP, vmax: float | None = None
+) -> Tensor:
+    """Blend maps (N, H, W) in `cmap` over uint8 images (N, C, H, W); returns uint8 (N, 3, H, W).
+
+    Each map is scaled to its own maximum, or with `vmax` all maps share the scale 0..vmax (values above it clip).
+    """
     img = _hwc(images)  # (N, H, W, 3)
     c = cams.detach().float().cpu()
     if c.shape != img.shape[:3]:
         raise ConfigError(f"cams shaped {tuple(c.shape)} do not match the images {img.shape[:3]}; upsample the maps to image size.")
-    peak = c.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
-    heat = colormaps[cmap]((c / peak).numpy())[..., :3]  # (N, H, W, 3)
+    if vmax is None:
+        peak = c.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+    else:
+        peak = torch.tensor(max(float(vmax), 1e-12))
+    heat = colormaps[cmap]((c / peak).clamp(0.0, 1.0).numpy())[..., :3]  # (N, H, W, 3)
     out = (1.0 - alpha) * img + alpha * heat
     return torch.from_numpy((out * 255.0).round().clip(0, 255).astype(np.uint8)).permute(0, 3, 1, 2)
 
@@ -64,11 +72,12 @@ def plot_image_grid(
     group: int = 1,
     colorbar: str | None = None,
     cmap: str = HEATMAP_CMAP,
+    colorbar_max: float = 1.0,
 ) -> Figure:
     """uint8 images (N, C, H, W) as one mosaic, each under its (multi-line) title.
 
     Tiles come in groups of `group` (e.g. an image and its CAMs) with wider gaps between groups;
-    `ncols` counts tiles. `colorbar` adds a 0..1 bar in `cmap` with that label.
+    `ncols` counts tiles. `colorbar` adds a 0..colorbar_max bar in `cmap` with that label.
     """
     img = _hwc(images)
     n, h, w, _ = img.shape
@@ -106,7 +115,7 @@ def plot_image_grid(
         if t:
             ax.text(x, y, t, ha="center", va="bottom", fontsize=FONT_SIZE, linespacing=1.15)
     if colorbar:
-        sm = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap)
+        sm = ScalarMappable(norm=Normalize(0.0, colorbar_max), cmap=cmap)
         kw = {"cax": cax} if cax is not None else {"ax": ax, "fraction": 0.04, "pad": 0.02}
         cb = fig.colorbar(sm, orientation="horizontal", **kw)
         cb.set_label(colorbar, fontsize=FONT_SIZE)
@@ -118,8 +127,25 @@ def _name(classes: Sequence[str], i: int) -> str:
     return classes[i] if 0 <= i < len(classes) else str(i)
 
 
-def misclassified_titles(labels: Sequence[int], preds: Sequence[int], probs: Sequence[float], classes: Sequence[str]) -> list[str]:
-    return [f"pred: {_name(classes, int(p))} (p={float(q):.2f})\ntrue: {_name(classes, int(t))}" for t, p, q in zip(labels, preds, probs)]
+def misclassified_titles(
+    labels: Sequence[int],
+    preds: Sequence[int],
+    probs: Sequence[float],
+    classes: Sequence[str],
+    true_probs: Sequence[float] | None = None,
+    losses: Sequence[float] | None = None,
+) -> list[str]:
+    """"pred: X (p=..)" / "true: Y [(p=..)]" [/ "loss .."] per image: whatever a gallery may be ordered by is on the tile."""
+    n = len(labels)
+    tp = list(true_probs) if true_probs is not None else [None] * n
+    ls = list(losses) if losses is not None else [None] * n
+    titles = []
+    for t, p, q, pt, loss in zip(labels, preds, probs, tp, ls):
+        title = f"pred: {_name(classes, int(p))} (p={float(q):.2f})\ntrue: {_name(classes, int(t))}"
+        title += f" (p={float(pt):.2f})" if pt is not None else ""
+        title += f"\nloss {float(loss):.2f}" if loss is not None else ""
+        titles.append(title)
+    return titles
 
 
 def plot_misclassified(
@@ -131,12 +157,22 @@ def plot_misclassified(
     ax: Axes | None = None,
     *,
     ncols: int = 5,
+    true_probs: Sequence[float] | Tensor | None = None,
+    losses: Sequence[float] | Tensor | None = None,
 ) -> Figure:
-    """Gallery of uint8 images, each titled "pred: X (p=..)" / "true: Y"; `probs` = probability of the prediction."""
-    return plot_image_grid(images, misclassified_titles(_ints(labels), _ints(preds), _floats(probs), classes), ax, ncols=ncols)
+    """Gallery of uint8 images, each titled "pred: X (p=..)" / "true: Y"; `probs` = probability of the prediction.
+
+    With `true_probs` (probability of the true class) and `losses` (per-image cross-entropy) the tiles show
+    those too, so a gallery ordered by loss or by confidence shows on each tile the number it is sorted by.
+    """
+    titles = misclassified_titles(_ints(labels), _ints(preds), _floats(probs), classes,
+                                  _floats(true_probs) if true_probs is not None else None,
+                                  _floats(losses) if losses is not None else None)
+    return plot_image_grid(images, titles, ax, ncols=ncols)
 
 
 CAM_TITLES = {"predicted": "CAM w.r.t. predicted", "actual": "CAM w.r.t. actual"}
+CAM_SCALES = ("map", "shared")
 
 
 def plot_gradcam(
@@ -150,26 +186,52 @@ def plot_gradcam(
     *,
     groups_per_row: int = 2,
     alpha: float = 0.5,
+    true_probs: Sequence[float] | Tensor | None = None,
+    scale: str = "map",
 ) -> Figure:
     """Each image beside its Grad-CAM overlays, one per entry of `cams` ("predicted" / "actual" -> (N, H, W)).
 
-    Maps are scaled to their own maximum (bright = most attended) and blended over the image.
+    Above each map: the class it explains, the model's probability of that class (`probs` for "predicted",
+    `true_probs` for "actual") and the map's raw maximum, so that a near-chance model's maps, however
+    bright, are read with its confidence beside them. `scale="map"` scales each map to its own maximum
+    (bright = most attended in this map); `scale="shared"` puts every map of the figure on one raw scale,
+    0 .. the largest value, shown on the colour bar (weak maps stay dark).
     """
+    if scale not in CAM_SCALES:
+        raise ConfigError(f"scale = {scale!r} is not a Grad-CAM colour scale; choose one of {', '.join(CAM_SCALES)}.")
     labels_l, preds_l, probs_l = _ints(labels), _ints(preds), _floats(probs)
-    overlays = {k: overlay_heatmap(images, v, alpha=alpha) for k, v in cams.items()}
+    true_l = _floats(true_probs) if true_probs is not None else None
+    peaks = {k: v.detach().float().flatten(1).amax(1).cpu().tolist() if v.numel() else [] for k, v in cams.items()}
+    vmax = max((p for ps in peaks.values() for p in ps), default=1.0) if scale == "shared" else None
+    overlays = {k: overlay_heatmap(images, v, alpha=alpha, vmax=vmax) for k, v in cams.items()}
     tiles, titles = [], []
     head = misclassified_titles(labels_l, preds_l, probs_l, classes)
     for i in range(images.shape[0]):
         tiles.append(images[i, :3] if images.shape[1] == 3 else images[i].expand(3, -1, -1))
         titles.append(head[i])
         for k, ov in overlays.items():
-            cls = preds_l[i] if k == "predicted" else labels_l[i] if k == "actual" else None
+            cls, p = _cam_class(k, i, labels_l, preds_l, probs_l, true_l)
+            line = (_name(classes, cls) if cls is not None else "") + (f" p={p:.2f}" if p is not None else "")
             tiles.append(ov[i])
-            titles.append(f"{CAM_TITLES.get(k, k)}\n{_name(classes, cls) if cls is not None else ''}")
+            titles.append(f"{CAM_TITLES.get(k, k)}\n{line}\nraw max {peaks[k][i]:.3g}")
     group = 1 + len(overlays)
     stack = torch.stack(tiles) if tiles else torch.zeros(0, 3, *images.shape[-2:], dtype=torch.uint8)
-    return plot_image_grid(stack, titles, ax, ncols=group * groups_per_row, group=group,
-                           colorbar="Grad-CAM, scaled to each map's maximum")
+    if scale == "shared":
+        label, top = "Grad-CAM, raw values on one scale for every map", vmax if vmax and vmax > 0 else 1.0
+    else:
+        label, top = "Grad-CAM / the map's own maximum (its raw max is above it)", 1.0
+    return plot_image_grid(stack, titles, ax, ncols=group * groups_per_row, group=group, colorbar=label, colorbar_max=top)
+
+
+def _cam_class(
+    key: str, i: int, labels: list[int], preds: list[int], probs: list[float], true_probs: list[float] | None
+) -> tuple[int | None, float | None]:
+    """The class a map of `key` explains for image i, and the model's probability of it when known."""
+    if key == "predicted":
+        return preds[i], probs[i]
+    if key == "actual":
+        return labels[i], true_probs[i] if true_probs is not None else None
+    return None, None
 
 
 def plot_augmented(
