@@ -17,6 +17,7 @@ from ..version import __version__
 from ..files import atomic_write_text
 from ..explain import (
     DELETE_FRACTION,
+    MIN_MEANINGFUL_DROP,
     RANDOM_REPEATS,
     check_count,
     check_order,
@@ -24,13 +25,16 @@ from ..explain import (
     confusion_matrix,
     most_confused,
     per_class_accuracy,
+    per_sample_loss,
 )
 from ..plots import (
     denormalize,
     plot_augmented,
     plot_confusion_matrix,
     plot_curves,
+    plot_gradcam,
     plot_lr,
+    plot_misclassified,
     plot_per_class_accuracy,
 )
 from ._explain import FAITHFULNESS_SAMPLE, Explanation, explain_loaded
@@ -43,7 +47,11 @@ REPORT_MD, REPORT_HTML, REPORT_JSON, REPORT_IMAGES = "report.md", "report.html",
 PREVIEW_IMAGES = 16
 MOST_CONFUSED = 10
 SUMMARY_DEPTH = 2
-ORDER_WORDS = {"loss": "by loss, highest first (top losses)", "confidence": "by confidence in the wrong class, highest first", "random": "at random"}
+ORDER_WORDS = {
+    "loss": "by loss (-ln p(true), the last line of each tile), highest first: the top losses, lowest p(true) first",
+    "confidence": "by p(predicted), the confidence in the wrong class (first line of each tile), highest first",
+    "random": "at random",
+}
 TARGET_WORDS = {"predicted": "the predicted class", "actual": "the actual class"}
 
 
@@ -148,9 +156,18 @@ def _faithfulness_rows(ex: Explanation) -> list[list[Any]]:
     rows = []
     for key, d in ex.faithfulness.items():
         images, target = key.split("/")
+        wins = f"{100 * d['win_rate']:.0f}%"
+        if d.get("drops_too_small"):
+            wins += f" (not meaningful: drops < {MIN_MEANINGFUL_DROP:g})"
         rows.append([images, TARGET_WORDS.get(target, target), d["images"], f"{d['p_orig']:.3f}", f"{d['cam_drop']:.3f}",
-                     f"{d['region_drop']:.3f}", f"{d['random_drop']:.3f}", f"{100 * d['win_rate']:.0f}%"])
+                     f"{d['region_drop']:.3f}", f"{d['random_drop']:.3f}", wins])
     return rows
+
+
+def _gallery_numbers(logits: torch.Tensor, ex: Explanation) -> tuple[torch.Tensor, torch.Tensor]:
+    """p(true class) and the loss of each gallery image, for the tiles: what a loss-ordered gallery is sorted by."""
+    shown = logits[ex.indices].float()
+    return shown.softmax(1).gather(1, ex.labels.long()[:, None])[:, 0], per_sample_loss(shown, ex.labels)
 
 
 def make_report(
@@ -287,17 +304,28 @@ def make_report(
     t0 = time.perf_counter()
     wrong = int((preds != labels).sum())
     doc.heading("Misclassified images")
+    gallery_images = ds.test_x[ex.indices]
+    p_true, losses = _gallery_numbers(logits, ex)
     if ex.gallery is not None:
         doc.para(f"{ex.indices.numel()} of {wrong:,} misclassified test images ({100 * wrong / max(labels.numel(), 1):.2f}%), "
-                 f"ordered {ORDER_WORDS[order]}; p is the probability the model gave its (wrong) prediction.")
-        doc.image("misclassified.png", ex.gallery, "misclassified test images")
+                 f"ordered {ORDER_WORDS[order]}. Each tile: the predicted class and p(predicted), the probability the model "
+                 "gave its (wrong) prediction; the true class and p(true); and the loss, -ln p(true).")
+        # Drawn here with p(true) and the loss, which explain_loaded's figure does not show.
+        doc.image("misclassified.png", plot_misclassified(gallery_images, ex.labels, ex.preds, ex.probs, classes,
+                                                          true_probs=p_true, losses=losses), "misclassified test images")
     else:
         doc.para("No test image is misclassified: nothing to show." if wrong == 0 else "n = 0: gallery skipped.")
     doc.heading("Grad-CAM: predicted vs actual class")
     if ex.gradcam is not None:
         doc.para(f"Grad-CAM at layer {ex.layer} for " + " and ".join(TARGET_WORDS[k] for k in ex.cams) + ", upsampled bilinearly "
-                 "to the image and blended over it (viridis: yellow = most attended, each map scaled to its own maximum).")
-        doc.image("gradcam.png", ex.gradcam, "Grad-CAM for the predicted and the actual class")
+                 "to the image and blended over it (viridis: yellow = most attended, each map scaled to its own maximum). "
+                 "A map scaled to its own maximum looks as bright when the model is guessing as when it is sure, so above each "
+                 "map stand the class it explains, the model's probability of that class and the map's raw maximum. On these "
+                 f"images the model gives its predicted class p = {float(ex.probs.mean()):.2f} on average and the true class "
+                 f"p = {float(p_true.mean()):.2f} (chance: {1 / max(ds.num_classes, 1):.2f}).")
+        # Drawn here with p(true) above the actual-class maps, which explain_loaded's figure does not show.
+        doc.image("gradcam.png", plot_gradcam(gallery_images, ex.cams, ex.labels, ex.preds, ex.probs, classes, true_probs=p_true),
+                  "Grad-CAM for the predicted and the actual class")
     else:
         doc.para("No gallery images, so no maps.", note=True)
     doc.heading("Faithfulness of the Grad-CAM maps (deletion test)")
@@ -311,6 +339,10 @@ def make_report(
                  f"point at evidence the model uses when their drop clearly exceeds the random-region drop.")
         doc.table(["images", "target", "n", "p(target) intact", f"drop, top-{pct} CAM removed", f"drop, random {pct} region",
                    f"drop, random {pct} pixels", "CAM drop > region drop"], _faithfulness_rows(ex))
+        if any(d.get("drops_too_small") for d in ex.faithfulness.values()):
+            doc.para(f"Rows marked not meaningful: neither the CAM deletion nor the random-region deletion moved p(target) by "
+                     f"{MIN_MEANINGFUL_DROP:g} or more on average. The model hardly reacts to losing {pct} of the image (typical "
+                     "of a model near chance), so the win rate compares noise and says nothing about the maps.", note=True)
     else:
         doc.para("Not computed (no images).", note=True)
     stage("gallery and grad-cam sections", t0)
