@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DATA_ROOT ?= $(wildcard ../shared/data/cifar10-jpeg)
 DEMO_SET := $(if $(DATA_ROOT),--set data.name=imagefolder --set data.root=$(DATA_ROOT),)
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 demo: $(BIN)/.installed
 	$(BIN)/vislab train quick $(DEMO_SET) $(ARGS)
 
-test: $(BIN)/.installed
+test: lint
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# ruff's settings are in pyproject.toml (line length 120, src/ tests/ benchmarks/ tools/).
+lint: $(BIN)/.installed
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 
 bench: $(BIN)/.installed
 	$(BIN)/vislab bench --quick $(ARGS)

@@ -41,18 +41,27 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     result = bench_augment(
-        images=args.n, batch_size=args.batch_size, device=resolve_device(args.device), repeats=args.repeats,
-        workers=args.workers, seed=args.seed,
+        images=args.n,
+        batch_size=args.batch_size,
+        device=resolve_device(args.device),
+        repeats=args.repeats,
+        workers=args.workers,
+        seed=args.seed,
     )
     ratio = compute_ratios({"augment": result})["augment_tensor_vs_albumentations"]
-    print(f"\n{result['setup']}, {args.repeats} repeats, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}")
+    print(
+        f"\n{result['setup']}, {args.repeats} repeats, torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}"
+    )
     print(f"{'backend':<16}{'median img/s':>14}{'min':>10}{'max':>10}")
     for name, fig in result["figures"].items():
         print(f"{name:<16}{fig['median']:>14,.0f}{min(fig['runs']):>10,.0f}{max(fig['runs']):>10,.0f}")
     print(f"ratio tensor / albumentations: {ratio:.2f}x")
     result.update(
-        torch_threads=torch.get_num_threads(), cpu_count=os.cpu_count(), machine=platform.processor() or platform.machine(),
-        torch=torch.__version__, ratio=ratio,
+        torch_threads=torch.get_num_threads(),
+        cpu_count=os.cpu_count(),
+        machine=platform.processor() or platform.machine(),
+        torch=torch.__version__,
+        ratio=ratio,
     )
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,9 @@ DEFAULT_ROOT = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="imagefolder root (train/<class>, test/<class>)")
-    p.add_argument("--cache-dir", type=Path, default=None, help="parent folder for the cache (default: a fresh temp folder)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="parent folder for the cache (default: a fresh temp folder)"
+    )
     p.add_argument("--repeats", type=int, default=3, help="warm loads; the median is reported")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     p.add_argument("--keep-cache", action="store_true", help="do not delete the cache written by this run")
@@ -81,7 +83,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(f"data set   {args.root}: {n} images of {ds.image_size[0]}x{ds.image_size[1]}, {ds.num_classes} classes")
     print(f"cold load  {cold_s:7.2f} s  {n / cold_s:10,.0f} images/s  (empty vislab cache: decode + write .npz)")
-    print(f"warm load  {warm_s:7.2f} s  {n / warm_s:10,.0f} images/s  (median of {len(warm)}: {', '.join(f'{w:.2f}' for w in warm)} s)")
+    print(
+        f"warm load  {warm_s:7.2f} s  {n / warm_s:10,.0f} images/s  (median of {len(warm)}: {', '.join(f'{w:.2f}' for w in warm)} s)"
+    )
     print(f"machine    {os.cpu_count()} CPUs, load average before {load_before}, after {result['load_avg_after']}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

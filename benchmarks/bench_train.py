@@ -65,13 +65,26 @@ def main() -> None:
         for cl in (False, True):
             r = step_rate(a.model, a.width, a.batch_size, a.steps, a.repeats, precision, cl, device)
             rows.append({"precision": precision, "channels_last": cl, "images_per_s": r})
-            print(f"{a.model} w{a.width} bs{a.batch_size} {precision:5s} channels_last={cl!s:5s} {r:9.0f} img/s", flush=True)
+            print(
+                f"{a.model} w{a.width} bs{a.batch_size} {precision:5s} channels_last={cl!s:5s} {r:9.0f} img/s",
+                flush=True,
+            )
     base = rows[0]["images_per_s"]
     for r in rows:
         r["vs_fp32_contiguous"] = r["images_per_s"] / base
-    print("ratios vs fp32 contiguous: " + ", ".join(f"{r['precision']}/{'NHWC' if r['channels_last'] else 'NCHW'} {r['vs_fp32_contiguous']:.2f}x" for r in rows))
+    print(
+        "ratios vs fp32 contiguous: "
+        + ", ".join(
+            f"{r['precision']}/{'NHWC' if r['channels_last'] else 'NCHW'} {r['vs_fp32_contiguous']:.2f}x" for r in rows
+        )
+    )
     if a.json:
-        meta = {"device": str(device), "machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+        meta = {
+            "device": str(device),
+            "machine": platform.machine(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        }
         with open(a.json, "w") as f:
             json.dump({"meta": meta, "args": vars(a), "rows": rows}, f, indent=2)
 

@@ -61,8 +61,15 @@ def tensor_pixels(spec: AugmentSpec, x: torch.Tensor, seed: int) -> np.ndarray:
 
 def albu_pixels(spec: AugmentSpec, x: torch.Tensor, seed: int) -> np.ndarray:
     loader = albumentations_loader(
-        x, torch.zeros(len(x), dtype=torch.long), spec, ZERO, ONE,
-        batch_size=len(x), shuffle=False, num_workers=0, seed=seed,
+        x,
+        torch.zeros(len(x), dtype=torch.long),
+        spec,
+        ZERO,
+        ONE,
+        batch_size=len(x),
+        shuffle=False,
+        num_workers=0,
+        seed=seed,
     )
     images, _ = next(iter(loader))
     return (images * 255).numpy()
@@ -129,13 +136,24 @@ def test_spec_identity_and_normalisation():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("crop_pad", -1), ("crop_pad", 2.5), ("crop_pad", True),
+        ("crop_pad", -1),
+        ("crop_pad", 2.5),
+        ("crop_pad", True),
         ("pad_mode", "wrap"),
-        ("flip_p", 1.5), ("flip_p", -0.1), ("flip_p", "0.5"),
-        ("rotate_deg", -1.0), ("rotate_deg", 181.0), ("rotate_deg", float("nan")),
-        ("cutout_size", (0, 4)), ("cutout_size", (4,)), ("cutout_size", (-2, -2)), ("cutout_size", "16"),
+        ("flip_p", 1.5),
+        ("flip_p", -0.1),
+        ("flip_p", "0.5"),
+        ("rotate_deg", -1.0),
+        ("rotate_deg", 181.0),
+        ("rotate_deg", float("nan")),
+        ("cutout_size", (0, 4)),
+        ("cutout_size", (4,)),
+        ("cutout_size", (-2, -2)),
+        ("cutout_size", "16"),
         ("cutout_p", 2.0),
-        ("cutout_fill", "median"), ("cutout_fill", 300), ("cutout_fill", -1),
+        ("cutout_fill", "median"),
+        ("cutout_fill", 300),
+        ("cutout_fill", -1),
     ],
 )
 def test_bad_spec_values_raise_config_error_naming_the_field(field, value):
@@ -271,7 +289,7 @@ def test_cutout_holes_have_the_size_lie_inside_and_hold_the_fill():
     found = hole_boxes(out.float().numpy())
     applied = boxes[:, 2] > boxes[:, 0]
     assert 0.6 < applied.float().mean() < 0.8
-    for (y0, x0, y1, x1), box, img, src in zip(boxes.tolist(), found, out, x):
+    for (y0, x0, y1, _x1), box, img, src in zip(boxes.tolist(), found, out, x):
         if y1 == y0:
             assert box is None and torch.equal(img, src)
         else:
@@ -383,7 +401,13 @@ def test_build_albumentations_uses_the_2x_api():
     compose = build_albumentations(spec, MEAN, STD, image_size=(32, 32))
     names = [type(t).__name__ for t in compose.transforms]
     assert names == [
-        "PadIfNeeded", "RandomCrop", "HorizontalFlip", "Rotate", "Normalize", "CoarseDropout", "ToTensorV2"
+        "PadIfNeeded",
+        "RandomCrop",
+        "HorizontalFlip",
+        "Rotate",
+        "Normalize",
+        "CoarseDropout",
+        "ToTensorV2",
     ]
     rotate = compose.transforms[3]
     assert rotate.p == 1.0 and tuple(rotate.limit) == (-5.0, 5.0)

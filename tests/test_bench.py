@@ -35,8 +35,11 @@ from vislab.models import create_model
 
 CPU = torch.device("cpu")
 REQUIRED_RATIOS = (
-    "augment_tensor_vs_albumentations", "train_resnet9_vislab_vs_course", "train_resnet9_vislab_vs_course_fp32",
-    "evaluate_vislab_vs_course", "evaluate_vislab_vs_course_fp32",
+    "augment_tensor_vs_albumentations",
+    "train_resnet9_vislab_vs_course",
+    "train_resnet9_vislab_vs_course_fp32",
+    "evaluate_vislab_vs_course",
+    "evaluate_vislab_vs_course_fp32",
 )
 
 
@@ -53,7 +56,18 @@ def tiny_bench(tmp_path_factory):
 
 def test_bench_json_structure(tiny_bench):
     report, _ = tiny_bench
-    for key in ("vislab", "date", "command", "machine", "device", "versions", "load_avg", "results", "ratios", "seconds"):
+    for key in (
+        "vislab",
+        "date",
+        "command",
+        "machine",
+        "device",
+        "versions",
+        "load_avg",
+        "results",
+        "ratios",
+        "seconds",
+    ):
         assert key in report
     assert report["command"].startswith("vislab bench")
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch_threads"] >= 1
@@ -61,7 +75,14 @@ def test_bench_json_structure(tiny_bench):
     assert {"torch", "albumentations", "numpy"} <= set(report["versions"])
     assert len(report["load_avg"]["before"]) == 3 and len(report["load_avg"]["after"]) == 3
     preset = SIZES["tiny"]
-    expected = {"augment", "engine_overhead", "evaluate", "grad_cam", "lr_find", *(f"train_{c.model}" for c in preset.train)}
+    expected = {
+        "augment",
+        "engine_overhead",
+        "evaluate",
+        "grad_cam",
+        "lr_find",
+        *(f"train_{c.model}" for c in preset.train),
+    }
     assert expected <= set(report["results"])
     for key in expected:
         r = report["results"][key]
@@ -89,7 +110,15 @@ def test_table_is_printed_with_every_measurement(tiny_bench):
     report, stdout = tiny_bench
     assert stdout == format_table(report) + "\n" + stdout.splitlines()[-1] + "\n"
     assert stdout.splitlines()[-1].endswith(BENCH_FILE)
-    for label in ("augmentation", "train resnet9", "train resnet18", "engine overhead", "evaluate", "grad-cam", "lr range test"):
+    for label in (
+        "augmentation",
+        "train resnet9",
+        "train resnet18",
+        "engine overhead",
+        "evaluate",
+        "grad-cam",
+        "lr range test",
+    ):
         assert label in stdout
     assert f"{report['ratios']['train_resnet9_vislab_vs_course']:.2f}x" in stdout
     assert f"{report['ratios']['train_resnet9_vislab_vs_course_fp32']:.2f}x" in stdout
@@ -134,12 +163,14 @@ def test_bad_size_and_repeats_are_config_errors(tmp_path):
 def _record_forward(model: torch.nn.Module, seen: list) -> None:
     def hook(_mod, args):
         x = args[0]
-        seen.append({
-            "autocast": torch.is_autocast_enabled("cpu"),
-            "autocast_dtype": torch.get_autocast_dtype("cpu"),
-            "dtype": x.dtype,
-            "channels_last": x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
-        })
+        seen.append(
+            {
+                "autocast": torch.is_autocast_enabled("cpu"),
+                "autocast_dtype": torch.get_autocast_dtype("cpu"),
+                "dtype": x.dtype,
+                "channels_last": x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+            }
+        )
 
     model.register_forward_pre_hook(hook)
 
@@ -165,8 +196,12 @@ def test_course_baseline_is_dataloader_albumentations_plain_loop():
     # The strongest baseline: the same loop with one autocast line and channels_last.
     seen.clear()
     model = model.to(memory_format=torch.channels_last)
-    course_train(model, loader, torch.optim.SGD(model.parameters(), lr=0.1), CPU, Precision("bf16", torch.bfloat16, False), True)
-    assert len(seen) == 3 and all(s["autocast"] and s["autocast_dtype"] == torch.bfloat16 and s["channels_last"] for s in seen)
+    course_train(
+        model, loader, torch.optim.SGD(model.parameters(), lr=0.1), CPU, Precision("bf16", torch.bfloat16, False), True
+    )
+    assert len(seen) == 3 and all(
+        s["autocast"] and s["autocast_dtype"] == torch.bfloat16 and s["channels_last"] for s in seen
+    )
 
 
 def test_augment_baseline_is_plain_per_sample_albumentations(monkeypatch):
@@ -185,7 +220,11 @@ def test_bench_train_runs_the_engine_with_defaults_and_the_course_side_without(m
 
     def engine_spy(model, loader, optimizer, **kw):
         seen: list = []
-        handle = model.register_forward_pre_hook(lambda _m, a: seen.append((torch.is_autocast_enabled("cpu"), a[0].is_contiguous(memory_format=torch.channels_last))))
+        handle = model.register_forward_pre_hook(
+            lambda _m, a: seen.append(
+                (torch.is_autocast_enabled("cpu"), a[0].is_contiguous(memory_format=torch.channels_last))
+            )
+        )
         try:
             out = real_engine(model, loader, optimizer, **kw)
         finally:
@@ -195,8 +234,15 @@ def test_bench_train_runs_the_engine_with_defaults_and_the_course_side_without(m
 
     def course_spy(model, batches, optimizer, device, prec, cl):
         seen: list = []
-        handle = model.register_forward_pre_hook(lambda _m, a: seen.append((
-            torch.is_autocast_enabled("cpu"), a[0].dtype, a[0].is_contiguous(memory_format=torch.channels_last) and not a[0].is_contiguous())))
+        handle = model.register_forward_pre_hook(
+            lambda _m, a: seen.append(
+                (
+                    torch.is_autocast_enabled("cpu"),
+                    a[0].dtype,
+                    a[0].is_contiguous(memory_format=torch.channels_last) and not a[0].is_contiguous(),
+                )
+            )
+        )
         try:
             out = real_course(model, batches, optimizer, device, prec, cl)
         finally:
@@ -220,6 +266,16 @@ def test_bench_train_runs_the_engine_with_defaults_and_the_course_side_without(m
         calls = [seen for prec, cl, seen in course_calls if (prec, cl) == want]
         assert len(calls) == 2 and sum(len(seen) for seen in calls) == 1 + case.steps
     # fp32 NCHW as the course ran it; the strongest baseline with the engine's autocast and memory format
-    assert all(s == (False, torch.float32, False) for prec, cl, seen in course_calls if prec == "fp32" and not cl for s in seen)
-    assert all(s[0] == (precision.dtype is not None) and s[2] == channels_last for prec, cl, seen in course_calls if (prec, cl) == (precision.name, channels_last) for s in seen)
-    assert result["settings"]["course_precision"] == precision.name and result["settings"]["course_fp32_precision"] == "fp32"
+    assert all(
+        s == (False, torch.float32, False) for prec, cl, seen in course_calls if prec == "fp32" and not cl for s in seen
+    )
+    assert all(
+        s[0] == (precision.dtype is not None) and s[2] == channels_last
+        for prec, cl, seen in course_calls
+        if (prec, cl) == (precision.name, channels_last)
+        for s in seen
+    )
+    assert (
+        result["settings"]["course_precision"] == precision.name
+        and result["settings"]["course_fp32_precision"] == "fp32"
+    )

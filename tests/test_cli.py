@@ -44,7 +44,9 @@ def test_output_into_a_closed_pipe_ends_quietly(args):
 
 
 def test_piped_into_head_prints_the_first_line_only():
-    r = subprocess.run(f"{sys.executable} -m vislab recipes -v | head -1", shell=True, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        f"{sys.executable} -m vislab recipes -v | head -1", shell=True, capture_output=True, text=True, timeout=120
+    )
     assert r.stdout.splitlines() == ["quick (default)"] and r.stderr == ""
 
 

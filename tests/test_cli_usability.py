@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_imagefolder
 
 import vislab
+from conftest import make_imagefolder
 from vislab.cli import build_parser, main
 from vislab.explain import PREDICTIONS_FILE
 
@@ -31,7 +31,9 @@ def test_every_option_of_every_subcommand_has_help():
     subs = _subparsers(build_parser())
     assert {"train", "lr-find", "recipes", "summary", "bench", "report", "explain", "compare"} <= set(subs)
     missing = [
-        f"{name} {a.option_strings or a.dest}" for name, p in subs.items() for a in p._actions
+        f"{name} {a.option_strings or a.dest}"
+        for name, p in subs.items()
+        for a in p._actions
         if not (a.help or "").strip()  # argparse.SUPPRESS (a hidden option) is a non-empty string and passes
     ]
     assert missing == []
@@ -74,15 +76,34 @@ def data(tmp_path_factory) -> Path:
 
 def _tiny(data: Path, cache: Path) -> list[str]:
     sets = {
-        "data.name": "imagefolder", "data.root": str(data), "data.cache_dir": str(cache), "model.width": 0.125,
-        "trainer.batch_size": 16, "trainer.device": "cpu", "trainer.progress": False, "lr_find.num_iter": 12,
+        "data.name": "imagefolder",
+        "data.root": str(data),
+        "data.cache_dir": str(cache),
+        "model.width": 0.125,
+        "trainer.batch_size": 16,
+        "trainer.device": "cpu",
+        "trainer.progress": False,
+        "lr_find.num_iter": 12,
     }
     return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
 
 
 @pytest.mark.parametrize("sched,key", [("onecycle", "sched.max_lr"), ("cosine", "optim.lr")])
 def test_lr_find_prints_the_override_that_uses_the_chosen_lr(data, tmp_path, capsys, sched, key):
-    assert main(["lr-find", "quick", *_tiny(data, tmp_path / "cache"), "--set", f"sched.name={sched}", "--out", str(tmp_path / "f")]) == 0
+    assert (
+        main(
+            [
+                "lr-find",
+                "quick",
+                *_tiny(data, tmp_path / "cache"),
+                "--set",
+                f"sched.name={sched}",
+                "--out",
+                str(tmp_path / "f"),
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     chosen = lines[0].split()[2]  # "chosen lr 0.0123 (valley); ..."
     assert f"to train with it: vislab train quick --set {key}={chosen}" in lines
@@ -106,9 +127,17 @@ def stopped_run(data, tmp_path_factory) -> Path:
 
     base = tmp_path_factory.mktemp("stopped")
     overrides = {
-        "data.name": "imagefolder", "data.root": str(data), "data.cache_dir": str(base / "cache"), "model.width": 0.125,
-        "trainer.batch_size": 16, "trainer.epochs": 3, "trainer.device": "cpu", "trainer.progress": False,
-        "trainer.report": False, "sched.peak_epoch": 0.5, "optim.lr": 0.05,
+        "data.name": "imagefolder",
+        "data.root": str(data),
+        "data.cache_dir": str(base / "cache"),
+        "model.width": 0.125,
+        "trainer.batch_size": 16,
+        "trainer.epochs": 3,
+        "trainer.device": "cpu",
+        "trainer.progress": False,
+        "trainer.report": False,
+        "sched.peak_epoch": 0.5,
+        "optim.lr": 0.05,
     }
     with pytest.raises(vislab.errors.Interrupted):
         vislab.train("quick", overrides, out=base / "run", callbacks=[StopInEpoch2()])
@@ -125,7 +154,10 @@ def test_explain_out_elsewhere_leaves_the_run_folder_untouched(stopped_run, tmp_
     (run / PREDICTIONS_FILE).unlink(missing_ok=True)
     before = _snapshot(run)
     out = tmp_path / "ex"
-    assert main(["explain", str(run), "--checkpoint", "interrupted", "--n", "3", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(["explain", str(run), "--checkpoint", "interrupted", "--n", "3", "--out", str(out), "--device", "cpu"])
+        == 0
+    )
     assert _snapshot(run) == before  # no predictions.pt, no explain/ folder
     info = json.loads((out / "explain.json").read_text())
     assert Path(info["checkpoint"]).name == "interrupted"
@@ -141,7 +173,9 @@ def test_explain_refuses_a_count_below_one_before_loading(stopped_run, tmp_path,
     shutil.copytree(stopped_run, run)
     # with the data gone, getting as far as loading it would be a different error
     cfg = run / "config.yaml"
-    cfg.write_text(cfg.read_text().replace(str(yaml.safe_load(cfg.read_text())["data"]["root"]), str(tmp_path / "gone")))
+    cfg.write_text(
+        cfg.read_text().replace(str(yaml.safe_load(cfg.read_text())["data"]["root"]), str(tmp_path / "gone"))
+    )
     before = _snapshot(run)
     assert main(["explain", str(run), "--n", n, "--out", str(tmp_path / "ex")]) == 2
     err = capsys.readouterr().err
@@ -153,11 +187,29 @@ def test_explain_says_when_n_is_clamped_and_pages_a_large_gallery(stopped_run, t
     from vislab.report._explain import PAGE_TILES
 
     out = tmp_path / "ex"
-    assert main(["explain", str(stopped_run), "--n", "100000", "--target", "predicted", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                str(stopped_run),
+                "--n",
+                "100000",
+                "--target",
+                "predicted",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     wrong = len(json.loads((out / "explain.json").read_text())["images"])
     assert 0 < wrong < 100000
-    assert f"note: --n 100000 is more than the {wrong} misclassified test images; the gallery shows all {wrong}" in printed
+    assert (
+        f"note: --n 100000 is more than the {wrong} misclassified test images; the gallery shows all {wrong}" in printed
+    )
     # --target predicted: 2 tiles per image in gradcam, 1 in the gallery; no PNG holds more than PAGE_TILES tiles
     pages = (-(-wrong // PAGE_TILES), -(-wrong // (PAGE_TILES // 2)))
     for stem, count in zip(("misclassified", "gradcam"), pages):
@@ -191,4 +243,19 @@ def test_missing_data_root_names_the_data_root_flag(stopped_run, tmp_path, capsy
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "data/cifar-from-elsewhere" in err and "--data-root DIR" in err
     # and the flag it names does work
-    assert main([command, str(run), "--n", "2", "--device", "cpu", "--data-root", old_root, *(["--preview", "0"] if command == "report" else [])]) == 0
+    assert (
+        main(
+            [
+                command,
+                str(run),
+                "--n",
+                "2",
+                "--device",
+                "cpu",
+                "--data-root",
+                old_root,
+                *(["--preview", "0"] if command == "report" else []),
+            ]
+        )
+        == 0
+    )

@@ -7,7 +7,12 @@ import pytest
 from vislab.config import Config, apply_overrides, list_recipes, load_config, parse_override, recipe_info
 from vislab.errors import ConfigError
 
-REFERENCE = {"resnet18-ln-plateau": "84.79", "resnet18-bn": "87.12", "resnet9-onecycle": "90.63", "resnet18-sgd-plateau": "92.53"}
+REFERENCE = {
+    "resnet18-ln-plateau": "84.79",
+    "resnet18-bn": "87.12",
+    "resnet9-onecycle": "90.63",
+    "resnet18-sgd-plateau": "92.53",
+}
 
 
 def test_shipped_recipes_are_listed_and_valid():
@@ -27,19 +32,41 @@ def test_recipe_header_states_reference_accuracy(name, acc):
 def test_recipes_encode_the_course_settings():
     _, ln = load_config("resnet18-ln-plateau")
     assert (ln.model.norm, ln.optim.name, ln.optim.lr, ln.optim.weight_decay) == ("layer", "adam", 0.01, 1e-5)
-    assert (ln.sched.name, ln.sched.monitor, ln.sched.factor, ln.sched.patience, ln.sched.threshold_mode) == ("plateau", "test_loss", 0.1, 2, "abs")
+    assert (ln.sched.name, ln.sched.monitor, ln.sched.factor, ln.sched.patience, ln.sched.threshold_mode) == (
+        "plateau",
+        "test_loss",
+        0.1,
+        2,
+        "abs",
+    )
     assert (ln.augment.rotate_deg, ln.augment.cutout_size, ln.trainer.batch_size, ln.trainer.epochs) == (5, 16, 128, 40)
     _, r9 = load_config("resnet9-onecycle")
-    assert (r9.sched.name, r9.sched.peak_epoch, r9.trainer.epochs, r9.trainer.batch_size, r9.augment.cutout_size) == ("onecycle", 5, 24, 512, 8)
+    assert (r9.sched.name, r9.sched.peak_epoch, r9.trainer.epochs, r9.trainer.batch_size, r9.augment.cutout_size) == (
+        "onecycle",
+        5,
+        24,
+        512,
+        8,
+    )
     _, sgd = load_config("resnet18-sgd-plateau")
     assert r9.sched.max_lr == "auto" and sgd.optim.lr == "auto"
-    assert (sgd.model.last_stride, sgd.sched.monitor, sgd.sched.mode, sgd.sched.patience, sgd.sched.threshold) == (1, "test_acc", "max", 3, 0.1)
+    assert (sgd.model.last_stride, sgd.sched.monitor, sgd.sched.mode, sgd.sched.patience, sgd.sched.threshold) == (
+        1,
+        "test_acc",
+        "max",
+        3,
+        0.1,
+    )
 
 
 @pytest.mark.parametrize(
     "item,expected",
-    [("optim.lr=0.1", (["optim", "lr"], 0.1)), ("trainer.deterministic=true", (["trainer", "deterministic"], True)),
-     ("data.root=../x y", (["data", "root"], "../x y")), ("data.train_size=null", (["data", "train_size"], None))],
+    [
+        ("optim.lr=0.1", (["optim", "lr"], 0.1)),
+        ("trainer.deterministic=true", (["trainer", "deterministic"], True)),
+        ("data.root=../x y", (["data", "root"], "../x y")),
+        ("data.train_size=null", (["data", "train_size"], None)),
+    ],
 )
 def test_parse_override_types_values(item, expected):
     assert parse_override(item) == expected
@@ -47,15 +74,33 @@ def test_parse_override_types_values(item, expected):
 
 def test_required_overrides_apply():
     overrides = [
-        "data.name=imagefolder", "data.root=/d", "data.train_size=1000", "data.test_size=200", "model.name=resnet18",
-        "model.norm=group", "model.width=0.5", "optim.name=adamw", "optim.lr=0.003", "sched.name=cosine",
-        "trainer.epochs=3", "trainer.batch_size=64", "trainer.device=cpu", "trainer.seed=7", "trainer.deterministic=true",
+        "data.name=imagefolder",
+        "data.root=/d",
+        "data.train_size=1000",
+        "data.test_size=200",
+        "model.name=resnet18",
+        "model.norm=group",
+        "model.width=0.5",
+        "optim.name=adamw",
+        "optim.lr=0.003",
+        "sched.name=cosine",
+        "trainer.epochs=3",
+        "trainer.batch_size=64",
+        "trainer.device=cpu",
+        "trainer.seed=7",
+        "trainer.deterministic=true",
     ]
     _, cfg = load_config("quick", overrides)
     assert (cfg.data.name, cfg.data.root, cfg.data.train_size, cfg.data.test_size) == ("imagefolder", "/d", 1000, 200)
     assert (cfg.model.name, cfg.model.norm, cfg.model.width) == ("resnet18", "group", 0.5)
     assert (cfg.optim.name, cfg.optim.lr, cfg.sched.name) == ("adamw", 0.003, "cosine")
-    assert (cfg.trainer.epochs, cfg.trainer.batch_size, cfg.trainer.device, cfg.trainer.seed, cfg.trainer.deterministic) == (3, 64, "cpu", 7, True)
+    assert (
+        cfg.trainer.epochs,
+        cfg.trainer.batch_size,
+        cfg.trainer.device,
+        cfg.trainer.seed,
+        cfg.trainer.deterministic,
+    ) == (3, 64, "cpu", 7, True)
 
 
 @pytest.mark.parametrize(

@@ -44,7 +44,9 @@ def _pixels(seed: int, size: int = SIZE) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)  # (H, W, 3)
 
 
-def _make_folder(root: Path, n_train: int = 4, n_test: int = 2, fmt: str = "png") -> dict[tuple[str, str, int], np.ndarray]:
+def _make_folder(
+    root: Path, n_train: int = 4, n_test: int = 2, fmt: str = "png"
+) -> dict[tuple[str, str, int], np.ndarray]:
     """root/{train,test}/<class>/NN.<fmt> with random pixels; returns the written RGB arrays."""
     written = {}
     seed = 0
@@ -90,8 +92,15 @@ def test_unknown_name_lists_valid_names():
     assert all(n in msg for n in list_datasets())
 
 
-@pytest.mark.parametrize("field,kw", [("data.train_size", {"train_size": 0}), ("data.test_size", {"test_size": -3}),
-                                      ("data.train_size", {"train_size": 2.5}), ("data.image_size", {"image_size": 0})])
+@pytest.mark.parametrize(
+    "field,kw",
+    [
+        ("data.train_size", {"train_size": 0}),
+        ("data.test_size", {"test_size": -3}),
+        ("data.train_size", {"train_size": 2.5}),
+        ("data.image_size", {"image_size": 0}),
+    ],
+)
 def test_bad_config_values(tmp_path, field, kw):
     _make_folder(tmp_path / "d", 1, 1)
     with pytest.raises(ConfigError, match=field):
@@ -155,8 +164,13 @@ def test_hidden_files_and_folders_are_ignored(tmp_path):
 def test_os_junk_files_are_skipped_with_one_note(tmp_path, caplog):
     root = tmp_path / "d"
     written = _make_folder(root, 2, 1)
-    junk = [root / "train" / "ant" / "Thumbs.db", root / "train" / "bee" / "desktop.ini", root / "test" / "cat" / "ehthumbs.db",
-            root / "train" / "Desktop.ini", root / "train" / "cat" / "00.png:Zone.Identifier"]
+    junk = [
+        root / "train" / "ant" / "Thumbs.db",
+        root / "train" / "bee" / "desktop.ini",
+        root / "test" / "cat" / "ehthumbs.db",
+        root / "train" / "Desktop.ini",
+        root / "train" / "cat" / "00.png:Zone.Identifier",
+    ]
     for path in junk:
         path.write_bytes(b"\x00not an image")
     with caplog.at_level("INFO", logger="vislab.data"):
@@ -277,8 +291,13 @@ def test_bad_files_name_the_file(tmp_path, case):
     _make_folder(root, 2, 1)
     d = root / "train" / "bee"
     bad = {
-        "corrupt": d / "99.png", "empty_file": d / "99.jpg", "not_image": d / "notes.txt",
-        "other_size": d / "99.png", "grayscale": d / "99.png", "rgba": d / "99.png", "nested": d / "sub",
+        "corrupt": d / "99.png",
+        "empty_file": d / "99.jpg",
+        "not_image": d / "notes.txt",
+        "other_size": d / "99.png",
+        "grayscale": d / "99.png",
+        "rgba": d / "99.png",
+        "nested": d / "sub",
     }[case]
     if case == "corrupt":
         bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not a real png")
@@ -404,8 +423,11 @@ PER_BATCH = 4
 
 def _batch(seed: int, n: int, label_key: bytes, num_classes: int) -> dict:
     rng = np.random.default_rng(seed)
-    return {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-            label_key: [int(v) for v in (np.arange(n) + seed * n) % num_classes], b"batch_label": b"fake"}
+    return {
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        label_key: [int(v) for v in (np.arange(n) + seed * n) % num_classes],
+        b"batch_label": b"fake",
+    }
 
 
 def _make_cifar10(folder: Path) -> dict[str, dict]:
@@ -427,7 +449,9 @@ def test_cifar10_from_extracted_folder(tmp_path):
         assert torch.equal(ds.train_x[PER_BATCH + 1], torch.from_numpy(row.reshape(3, 32, 32)))
         assert ds.train_y.tolist() == sum((batches[f][b"labels"] for f in C10.train_files), [])
         assert ds.test_y.tolist() == batches["test_batch"][b"labels"]
-    small = load_dataset("cifar10", tmp_path / "data", cache_dir=tmp_path / "c", download=False, image_size=16, train_size=10)
+    small = load_dataset(
+        "cifar10", tmp_path / "data", cache_dir=tmp_path / "c", download=False, image_size=16, train_size=10
+    )
     assert small.train_x.shape == (10, 3, 16, 16) and torch.bincount(small.train_y).tolist() == [1] * 10
 
 
@@ -504,7 +528,9 @@ def test_bad_cached_file_is_replaced(tmp_path, served, leftover):
 
 def test_download_with_wrong_md5_is_deleted(tmp_path, served, monkeypatch):
     archive, _, _ = served
-    monkeypatch.setitem(cifar_mod.CIFAR_SOURCES, "cifar10", dataclasses.replace(C10, url=archive.as_uri(), md5="0" * 32))
+    monkeypatch.setitem(
+        cifar_mod.CIFAR_SOURCES, "cifar10", dataclasses.replace(C10, url=archive.as_uri(), md5="0" * 32)
+    )
     cache = tmp_path / "c"
     with pytest.raises(DataError, match="corrupt"):
         load_dataset("cifar10", cache_dir=cache)

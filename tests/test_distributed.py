@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 
 import vislab
-from vislab.engine import DeviceLoader, evaluate, load_checkpoint, resolve_precision
 from vislab.build import build_model
+from vislab.engine import DeviceLoader, evaluate, load_checkpoint, resolve_precision
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -31,8 +31,13 @@ def ddp_overrides(tiny_overrides):
     # GroupNorm (no cross-sample statistics) and fp32: a 2-process step then computes the same mean
     # gradient as a 1-process step over the same global batch.
     return {
-        **tiny_overrides, **AUGMENT_ON, "model.norm": "group", "model.groups": 4, "trainer.precision": "fp32",
-        "data.test_size": 21, "trainer.eval_batch_size": 8,
+        **tiny_overrides,
+        **AUGMENT_ON,
+        "model.norm": "group",
+        "model.groups": 4,
+        "trainer.precision": "fp32",
+        "data.test_size": 21,
+        "trainer.eval_batch_size": 8,
     }
 
 
@@ -61,7 +66,9 @@ def test_device_loader_shards_carry_the_one_process_augmentation():
 
     def batches(rank: int, world: int) -> list:
         gen = torch.Generator().manual_seed(7)
-        return list(DeviceLoader(x, y, 8, aug, shuffle=True, drop_last=True, generator=gen, rank=rank, world_size=world))
+        return list(
+            DeviceLoader(x, y, 8, aug, shuffle=True, drop_last=True, generator=gen, rank=rank, world_size=world)
+        )
 
     one, r0, r1 = batches(0, 1), batches(0, 2), batches(1, 2)
     assert len(one) == len(r0) == len(r1) == 5
@@ -77,8 +84,20 @@ def test_albumentations_shards_carry_the_one_process_augmentation():
     spec, x, y = _spec_and_data()
 
     def batches(rank: int, world: int) -> list:
-        loader = albumentations_loader(x, y, spec, (0.5,) * 3, (0.25,) * 3, batch_size=8 // world, shuffle=True,
-                                       num_workers=0, seed=7, drop_last=True, rank=rank, world_size=world)
+        loader = albumentations_loader(
+            x,
+            y,
+            spec,
+            (0.5,) * 3,
+            (0.25,) * 3,
+            batch_size=8 // world,
+            shuffle=True,
+            num_workers=0,
+            seed=7,
+            drop_last=True,
+            rank=rank,
+            world_size=world,
+        )
         return list(loader)
 
     one, r0, r1 = batches(0, 1), batches(0, 2), batches(1, 2)
@@ -93,7 +112,16 @@ def _sets(overrides: dict) -> list[str]:
 
 
 def _torchrun(args: list[str], cwd: Path, nproc: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "vislab", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "vislab",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=ENV)
 
 
@@ -118,7 +146,10 @@ def test_two_processes_match_one_and_only_rank0_writes(ddp_overrides, tmp_path):
     one = vislab.train("quick", ddp_overrides, out=tmp_path / "one").run_dir
     _assert_same_run(tmp_path / "two", one)
     # One run folder, one row per epoch, one printed folder (rank 0's).
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != "data" and p.name != "cache") == ["one", "two"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != "data" and p.name != "cache") == [
+        "one",
+        "two",
+    ]
     assert len(_rows(tmp_path / "two")) == ddp_overrides["trainer.epochs"]
     assert r.stdout.strip().splitlines().count(str(tmp_path / "two")) == 1
     assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
@@ -137,15 +168,21 @@ def test_reported_accuracy_covers_the_whole_test_set(ddp_overrides, tmp_path):
 
     aug = TensorAugment(augment_spec(cfg), ds.mean, ds.std)
     loader = DeviceLoader(ds.test_x, ds.test_y, 5, lambda x, g: aug.normalize_only(x))
-    single = evaluate(model, loader, device=torch.device("cpu"), precision=resolve_precision("fp32", torch.device("cpu")))
+    single = evaluate(
+        model, loader, device=torch.device("cpu"), precision=resolve_precision("fp32", torch.device("cpu"))
+    )
     row = _rows(tmp_path / "two")[-1]
     # 21 test images split 11 / 10 between the ranks: the reduced figures are over all 21.
-    assert row["test_acc"] == pytest.approx(single["test_acc"]) and row["test_loss"] == pytest.approx(single["test_loss"], rel=1e-5)
+    assert row["test_acc"] == pytest.approx(single["test_acc"]) and row["test_loss"] == pytest.approx(
+        single["test_loss"], rel=1e-5
+    )
 
 
 def test_resume_two_process_run_with_one_process(ddp_overrides, tmp_path):
     ov = {**ddp_overrides, "sched.name": "step", "sched.step_size": 1, "sched.gamma": 0.5, "optim.lr": 0.05}
-    r = _torchrun(["train", "quick", *_sets({**ov, "trainer.epochs": 1}), "--out", str(tmp_path / "mixed")], cwd=tmp_path)
+    r = _torchrun(
+        ["train", "quick", *_sets({**ov, "trainer.epochs": 1}), "--out", str(tmp_path / "mixed")], cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     resumed = vislab.train(resume=tmp_path / "mixed", overrides={"trainer.epochs": 2}).run_dir
     one = vislab.train("quick", {**ov, "trainer.epochs": 2}, out=tmp_path / "one").run_dir
@@ -153,7 +190,10 @@ def test_resume_two_process_run_with_one_process(ddp_overrides, tmp_path):
 
 
 def test_batch_size_must_split_evenly(ddp_overrides, tmp_path):
-    r = _torchrun(["train", "quick", *_sets({**ddp_overrides, "trainer.batch_size": 15}), "--out", str(tmp_path / "odd")], cwd=tmp_path)
+    r = _torchrun(
+        ["train", "quick", *_sets({**ddp_overrides, "trainer.batch_size": 15}), "--out", str(tmp_path / "odd")],
+        cwd=tmp_path,
+    )
     assert r.returncode != 0 and "divisible by the 2 processes" in r.stderr
     assert not (tmp_path / "odd").exists()
 
@@ -168,8 +208,8 @@ def test_sync_bn_on_cpu_is_refused_before_the_run_folder(ddp_overrides, tmp_path
 
 
 def test_albumentations_workers_are_split_between_the_processes_of_one_machine(tiny_overrides, monkeypatch):
-    from vislab.engine import DistInfo
     from vislab.build import build_loaders
+    from vislab.engine import DistInfo
 
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
     _, cfg = vislab.load_config("quick", {**tiny_overrides, "augment.backend": "albumentations"})

@@ -57,7 +57,9 @@ def test_device_loader_covers_every_sample_once_per_epoch():
 def test_onecycle_peaks_at_the_stated_epoch():
     model = nn.Linear(2, 2)
     opt = create_optimizer(model, "sgd", 0.1)
-    sched = create_scheduler(opt, "onecycle", epochs=6, steps_per_epoch=10, max_lr=0.4, peak_epoch=2, div_factor=10, final_div_factor=100)
+    sched = create_scheduler(
+        opt, "onecycle", epochs=6, steps_per_epoch=10, max_lr=0.4, peak_epoch=2, div_factor=10, final_div_factor=100
+    )
     lrs = []
     for _ in range(60):
         lrs.append(opt.param_groups[0]["lr"])
@@ -72,13 +74,26 @@ def test_onecycle_peaks_at_the_stated_epoch():
 def test_plateau_reduces_after_patience_on_accuracy():
     model = nn.Linear(2, 2)
     opt = create_optimizer(model, "sgd", 1.0)
-    sched = create_scheduler(opt, "plateau", epochs=10, steps_per_epoch=1, monitor="test_acc", mode="max", patience=1, factor=0.5, threshold=0.1, threshold_mode="abs")
+    sched = create_scheduler(
+        opt,
+        "plateau",
+        epochs=10,
+        steps_per_epoch=1,
+        monitor="test_acc",
+        mode="max",
+        patience=1,
+        factor=0.5,
+        threshold=0.1,
+        threshold_mode="abs",
+    )
     for acc in (50.0, 50.05, 50.08):  # improvements below the 0.1 abs threshold count as plateau
         sched.step_epoch({"test_acc": acc, "test_loss": 1.0})
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+@pytest.mark.parametrize(
+    "name,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
 def test_optimizers_by_name(name, cls):
     opt = create_optimizer(nn.Linear(2, 2), name, 0.01, weight_decay=1e-4)
     assert isinstance(opt, cls) and opt.param_groups[0]["weight_decay"] == 1e-4
@@ -103,7 +118,14 @@ def test_train_writes_run_folder_and_learns(tiny_overrides, tmp_path):
     out = tmp_path / "run"
     run = vislab.train("quick", {**tiny_overrides, "trainer.epochs": 4, "optim.lr": 0.1, "sched.max_lr": 0.1}, out=out)
     assert run.run_dir == out
-    for f in ("config.yaml", "metrics.jsonl", "summary.json", "lr_steps.json", "checkpoints/last/model.safetensors", "checkpoints/best/state.pt"):
+    for f in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "lr_steps.json",
+        "checkpoints/last/model.safetensors",
+        "checkpoints/best/state.pt",
+    ):
         assert (out / f).is_file(), f
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] == [r["epoch"] for r in run.history]
@@ -138,7 +160,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_overrides, tmp
     assert main(["train", "--resume", str(tmp_path / "part")]) == 0
 
     def rows(run):
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k != "seconds"}
+            for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        ]
 
     assert rows("part") == rows("full") and len(rows("full")) == 2
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last")["model"]
@@ -183,14 +208,32 @@ def test_bad_config_leaves_no_run_folder(tiny_overrides, tmp_path):
 
 
 def test_divergence_is_reported(tiny_overrides, tmp_path):
-    ov = {**tiny_overrides, "sched.name": "none", "optim.lr": 1e12, "optim.momentum": 0.0, "optim.nesterov": False, "trainer.epochs": 1, "model.norm": "group", "model.groups": 1}
+    ov = {
+        **tiny_overrides,
+        "sched.name": "none",
+        "optim.lr": 1e12,
+        "optim.momentum": 0.0,
+        "optim.nesterov": False,
+        "trainer.epochs": 1,
+        "model.norm": "group",
+        "model.groups": 1,
+    }
     with pytest.raises(TrainingDiverged, match="epoch 1.*optim.grad_clip"):
         vislab.train("quick", ov, out=tmp_path / "run")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_precisions_and_memory_formats_train(tiny_overrides, tmp_path, precision):
-    run = vislab.train("quick", {**tiny_overrides, "trainer.epochs": 1, "trainer.precision": precision, "trainer.channels_last": precision == "bf16"}, out=tmp_path / precision)
+    run = vislab.train(
+        "quick",
+        {
+            **tiny_overrides,
+            "trainer.epochs": 1,
+            "trainer.precision": precision,
+            "trainer.channels_last": precision == "bf16",
+        },
+        out=tmp_path / precision,
+    )
     assert run.summary["precision"] == precision and math.isfinite(run.history[0]["test_loss"])
 
 
@@ -204,7 +247,14 @@ def _one_batch_setup(seed: int = 0):
 
 def _one_step(model, loader, lr: float = 0.0, **options) -> dict:
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    return train_one_epoch(model, loader, opt, device=torch.device("cpu"), precision=resolve_precision("fp32", torch.device("cpu")), **options)
+    return train_one_epoch(
+        model,
+        loader,
+        opt,
+        device=torch.device("cpu"),
+        precision=resolve_precision("fp32", torch.device("cpu")),
+        **options,
+    )
 
 
 def test_label_smoothing_and_l1_are_in_the_objective_and_train_ce_is_plain(one_thread):
@@ -242,8 +292,16 @@ def test_albumentations_backend_really_augments_training_batches(tiny_overrides)
     from vislab.build import build_loaders
 
     # Flip every image, nothing else: each training input must be the mirror image of a normalized data set image.
-    _, cfg = vislab.load_config("quick", {**tiny_overrides, "augment.backend": "albumentations", "augment.workers": 0,
-                                          "augment.crop_pad": 0, "augment.flip_p": 1.0})
+    _, cfg = vislab.load_config(
+        "quick",
+        {
+            **tiny_overrides,
+            "augment.backend": "albumentations",
+            "augment.workers": 0,
+            "augment.crop_pad": 0,
+            "augment.flip_p": 1.0,
+        },
+    )
     ds = vislab.load_dataset("imagefolder", tiny_overrides["data.root"], cache_dir=tiny_overrides["data.cache_dir"])
     train, _, _ = build_loaders(cfg, ds, torch.device("cpu"), False, 0)
     mean, std = torch.tensor(ds.mean).view(1, 3, 1, 1), torch.tensor(ds.std).view(1, 3, 1, 1)
@@ -270,7 +328,22 @@ def test_train_writes_report_unless_switched_off(tiny_overrides, tmp_path):
     html = (run.run_dir / "report.html").read_text()
     assert (run.run_dir / "report.md").is_file() and "Grad-CAM" in html
     sets = [a for k, v in tiny_overrides.items() for a in ("--set", f"{k}={v}")]
-    assert main(["train", *sets, "--set", "trainer.epochs=1", "--set", "trainer.report=true", "--no-report", "--out", str(tmp_path / "n")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *sets,
+                "--set",
+                "trainer.epochs=1",
+                "--set",
+                "trainer.report=true",
+                "--no-report",
+                "--out",
+                str(tmp_path / "n"),
+            ]
+        )
+        == 0
+    )
     assert not (tmp_path / "n" / "report.html").exists()
     # `vislab report` rebuilds it on demand from the run folder.
     assert main(["report", str(tmp_path / "n")]) == 0

@@ -128,7 +128,9 @@ def test_grad_cam_matches_captum_layer_gradcam():
     up = grad_cam(model, x, t)  # default layer: layer3, upsampled to the input size
     assert up.shape == (6, 32, 32)
     low = grad_cam(model, x, t, upsample=False)
-    torch.testing.assert_close(up, F.interpolate(low[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0])
+    torch.testing.assert_close(
+        up, F.interpolate(low[:, None], size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    )
 
 
 def test_predicted_and_actual_targets_give_their_own_maps(trained):
@@ -147,8 +149,13 @@ def test_predicted_and_actual_targets_give_their_own_maps(trained):
 
 
 def _hook_count(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(getattr(m, "_backward_pre_hooks", {}))
-               for m in model.modules())
+    return sum(
+        len(m._forward_hooks)
+        + len(m._forward_pre_hooks)
+        + len(m._backward_hooks)
+        + len(getattr(m, "_backward_pre_hooks", {}))
+        for m in model.modules()
+    )
 
 
 def test_hooks_released_and_model_state_unchanged():
@@ -227,7 +234,10 @@ def test_raw_pixel_inputs_are_refused_or_flagged(entry):
     extremes = torch.stack([torch.full((3, 32, 32), 255, dtype=torch.uint8), torch.zeros(3, 32, 32, dtype=torch.uint8)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        for x in (normalize(extremes, CIFAR_MEAN, CIFAR_STD), normalize(extremes[:1], CIFAR_MEAN, CIFAR_STD).expand(2, -1, -1, -1)):
+        for x in (
+            normalize(extremes, CIFAR_MEAN, CIFAR_STD),
+            normalize(extremes[:1], CIFAR_MEAN, CIFAR_STD).expand(2, -1, -1, -1),
+        ):
             call(x)
 
 
@@ -301,12 +311,16 @@ def test_deletion_numbers_of_a_model_that_hardly_reacts_are_flagged():
 def test_select_misclassified_orders():
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     # rows 1, 2, 4 and 5 are wrong; their losses are ordered 5 > 2 > 1 > 4, confidences 2 > 5 > 4 > 1
-    logits = torch.tensor([[5.0, 0, 0], [0, 1.0, 0], [0, 0, 4.0], [0, 3, 0], [0, 1.5, 1.4], [0, 0, -3.0]]).log_softmax(1)
+    logits = torch.tensor([[5.0, 0, 0], [0, 1.0, 0], [0, 0, 4.0], [0, 3, 0], [0, 1.5, 1.4], [0, 0, -3.0]]).log_softmax(
+        1
+    )
     logits[5] = torch.tensor([2.5, 2.4, -3.0])
     losses = F.cross_entropy(logits, labels, reduction="none")
     wrong = [1, 2, 4, 5]
     by_loss = select_misclassified(logits, labels, 10, "loss").tolist()
-    assert sorted(by_loss) == wrong and [losses[i].item() for i in by_loss] == sorted([losses[i].item() for i in wrong], reverse=True)
+    assert sorted(by_loss) == wrong and [losses[i].item() for i in by_loss] == sorted(
+        [losses[i].item() for i in wrong], reverse=True
+    )
     conf = logits.softmax(1).amax(1)
     by_conf = select_misclassified(logits, labels, 2, "confidence").tolist()
     assert len(by_conf) == 2 and conf[by_conf[0]] >= conf[by_conf[1]] >= max(conf[i] for i in wrong if i not in by_conf)
@@ -333,7 +347,10 @@ def test_predict_in_batches_and_prediction_cache(tmp_path):
     torch.manual_seed(0)
     model = create_model("resnet9", num_classes=10, width=0.125).train()
     images = torch.randint(0, 256, (25, 3, 16, 16), dtype=torch.uint8)
-    norm = lambda x: x.float() / 255 - 0.5
+
+    def norm(x):
+        return x.float() / 255 - 0.5
+
     logits = predict(model, images, norm, batch_size=10)
     assert model.training  # mode restored
     with torch.no_grad():

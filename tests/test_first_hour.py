@@ -8,19 +8,30 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_imagefolder
 
 import vislab
+from conftest import make_imagefolder
 from vislab.engine import load_checkpoint, save_checkpoint
 from vislab.report import make_report
 
-PUBLIC_NAMES = ("train", "lr_find", "load_config", "list_recipes", "create_model", "load_dataset", "write_report", "explain_run")
+PUBLIC_NAMES = (
+    "train",
+    "lr_find",
+    "load_config",
+    "list_recipes",
+    "create_model",
+    "load_dataset",
+    "write_report",
+    "explain_run",
+)
 PUBLIC_PACKAGES = ("report", "explain", "plots", "data", "models", "augment", "engine", "tuner", "bench")
 
 
 def _python(code: str) -> str:
     # A fresh interpreter: this test process has long imported torch and most of vislab.
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300).stdout.strip()
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.strip()
 
 
 def test_dir_of_vislab_lists_the_public_api_without_importing_torch():
@@ -32,7 +43,9 @@ def test_dir_of_vislab_lists_the_public_api_without_importing_torch():
 
 
 def test_public_subpackages_resolve_right_after_import_vislab():
-    out = _python("import vislab; print(vislab.report.load_run.__name__, vislab.explain.grad_cam.__name__, vislab.plots.plot_gradcam.__name__)")
+    out = _python(
+        "import vislab; print(vislab.report.load_run.__name__, vislab.explain.grad_cam.__name__, vislab.plots.plot_gradcam.__name__)"
+    )
     assert out == "load_run grad_cam plot_gradcam"
     for name in PUBLIC_PACKAGES:
         assert getattr(vislab, name).__name__ == f"vislab.{name}"
@@ -45,9 +58,17 @@ def near_chance_run(tmp_path_factory, one_thread) -> Path:
     base = tmp_path_factory.mktemp("first_hour")
     data = make_imagefolder(base / "data", train_per_class=8, test_per_class=4)
     overrides = {
-        "data.name": "imagefolder", "data.root": str(data), "data.cache_dir": str(base / "cache"), "model.width": 0.125,
-        "trainer.batch_size": 8, "trainer.epochs": 1, "trainer.device": "cpu", "trainer.progress": False,
-        "trainer.report": False, "sched.name": "none", "optim.lr": 0.05,
+        "data.name": "imagefolder",
+        "data.root": str(data),
+        "data.cache_dir": str(base / "cache"),
+        "model.width": 0.125,
+        "trainer.batch_size": 8,
+        "trainer.epochs": 1,
+        "trainer.device": "cpu",
+        "trainer.progress": False,
+        "trainer.report": False,
+        "sched.name": "none",
+        "optim.lr": 0.05,
     }
     run_dir = vislab.train("quick", overrides, out=base / "run").run_dir
     for name in ("best", "last"):
@@ -69,7 +90,11 @@ def test_report_explains_gallery_order_confidence_and_flags_empty_faithfulness(n
     assert "predicted class p = 0.33 on average and the true class p = 0.33 (chance: 0.33)" in section
     # deleting pixels cannot move a constant prediction: every deletion row is flagged, in report.json and in the table
     faith = rep.numbers["faithfulness"]
-    assert faith and all(d["drops_too_small"] is True and d["cam_drop"] == pytest.approx(0.0, abs=1e-6) for d in faith.values())
-    rows = [line for line in section.splitlines() if line.startswith("| gallery") or line.startswith("| random test images")]
+    assert faith and all(
+        d["drops_too_small"] is True and d["cam_drop"] == pytest.approx(0.0, abs=1e-6) for d in faith.values()
+    )
+    rows = [
+        line for line in section.splitlines() if line.startswith("| gallery") or line.startswith("| random test images")
+    ]
     assert len(rows) == len(faith) and all("(not meaningful: drops < 0.02)" in r for r in rows)
     assert "Rows marked not meaningful" in section

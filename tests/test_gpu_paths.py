@@ -22,6 +22,7 @@ from vislab.engine import (
     Callback,
     DeviceLoader,
     Precision,
+    _device,
     create_optimizer,
     create_scheduler,
     load_checkpoint,
@@ -29,7 +30,6 @@ from vislab.engine import (
     save_checkpoint,
     train_one_epoch,
 )
-from vislab.engine import _device
 from vislab.engine.checkpoint import rng_state, set_rng_state
 from vislab.errors import ConfigError
 from vislab.tuner import LRFinder, sweep_lrs
@@ -90,7 +90,10 @@ def test_checkpoint_state_stays_on_cpu_whatever_the_map_location(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model(torch.randn(2, 4)).sum().backward()
     opt.step()
-    save_checkpoint(tmp_path / "ckpt", {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(gen), "epoch": 1})
+    save_checkpoint(
+        tmp_path / "ckpt",
+        {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(gen), "epoch": 1},
+    )
     # "meta" stands in for a CUDA device: torch.load's map_location moves every tensor there alike.
     state = load_checkpoint(tmp_path / "ckpt", map_location="meta")
     assert all(v.device.type == "meta" for v in state["model"].values())
@@ -106,7 +109,15 @@ def test_checkpoint_state_stays_on_cpu_whatever_the_map_location(tmp_path):
 
 @pytest.mark.parametrize(
     "capability,expected",
-    [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((8, 6), "bf16"), ((8, 9), "bf16"), ((9, 0), "bf16"), ((10, 0), "bf16")],
+    [
+        ((7, 0), "fp16"),
+        ((7, 5), "fp16"),
+        ((8, 0), "bf16"),
+        ((8, 6), "bf16"),
+        ((8, 9), "bf16"),
+        ((9, 0), "bf16"),
+        ((10, 0), "bf16"),
+    ],
     ids=["V100", "T4", "A100", "A10-RTX30", "L4-RTX40", "H100", "B200"],
 )
 def test_precision_auto_on_cuda_follows_compute_capability(monkeypatch, capability, expected):
@@ -130,7 +141,14 @@ CPUINFO = {
 
 @pytest.mark.parametrize(
     "cpu,expected",
-    [("cascade-lake", "fp32"), ("cooper-lake", "bf16"), ("sapphire-rapids", "bf16"), ("zen4", "bf16"), ("zen2-avx2", "fp32"), ("no-cpuinfo", "fp32")],
+    [
+        ("cascade-lake", "fp32"),
+        ("cooper-lake", "bf16"),
+        ("sapphire-rapids", "bf16"),
+        ("zen4", "bf16"),
+        ("zen2-avx2", "fp32"),
+        ("no-cpuinfo", "fp32"),
+    ],
 )
 def test_precision_auto_on_cpu_needs_native_bf16(monkeypatch, tmp_path, cpu, expected):
     cpuinfo = tmp_path / "cpuinfo"
@@ -235,7 +253,9 @@ def test_resume_on_cpu_of_a_checkpoint_saved_on_gpus(tiny_overrides, tmp_path, c
 
 def _conv_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
+    )
 
 
 def _images(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,7 +283,9 @@ def test_fp16_scaler_skipped_steps_do_not_advance_the_schedule():
     taken = _count_steps(opt)
     with warnings.catch_warnings():
         # torch warns when a scheduler steps before its optimizer did
-        warnings.filterwarnings("error", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`")
+        warnings.filterwarnings(
+            "error", message=r"Detected call of `lr_scheduler.step\(\)` before `optimizer.step\(\)`"
+        )
         for _ in range(2):
             out = train_one_epoch(model, loader, opt, device=CPU, precision=FP16, scheduler=sched, scaler=scaler)
     batches = 2 * len(loader)

@@ -16,14 +16,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import vislab
+from vislab import lr_find
+from vislab.build import build_loaders, build_model
 from vislab.cli import main
 from vislab.config import load_config
 from vislab.data import load_dataset
 from vislab.engine import create_optimizer, create_scheduler, resolve_precision, train_one_epoch
-from vislab.errors import ConfigError
-from vislab.build import build_loaders, build_model
 from vislab.env import seed_everything
-from vislab import lr_find
+from vislab.errors import ConfigError
 from vislab.tuner import LRFinder, RangeTestError, smooth, suggest, sweep_lrs
 
 CPU = torch.device("cpu")
@@ -76,7 +76,9 @@ def test_suggestions_on_an_analytic_curve():
 
 def test_valley_follows_fastai_on_a_small_example():
     # Longest decreasing run: indices 0..4 (length 5); fastai: start = 4 - 5 -> 0, idx = 0 + int(4/3) + int(4/6) = 1.
-    assert suggest(np.logspace(-5, 0, 10), [5, 4, 3, 2, 1, 2, 3, 4, 5, 6])["valley"] == pytest.approx(np.logspace(-5, 0, 10)[1])
+    assert suggest(np.logspace(-5, 0, 10), [5, 4, 3, 2, 1, 2, 3, 4, 5, 6])["valley"] == pytest.approx(
+        np.logspace(-5, 0, 10)[1]
+    )
     with pytest.raises(RangeTestError, match="at least"):
         suggest([1e-3, 1e-2], [1.0, 0.5])
 
@@ -172,7 +174,14 @@ def _trained_parts(engine_parts):
 def test_sweep_restores_parameters_buffers_optimizer_scheduler_and_rng(engine_parts, precision):
     model, opt, sched, train_loader, test_loader, gen = _trained_parts(engine_parts)
     before = _all_state(model, opt, sched, gen)
-    finder = LRFinder(model, opt, _RngHungryLoader(train_loader), scheduler=sched, precision=precision, channels_last=precision == "bf16")
+    finder = LRFinder(
+        model,
+        opt,
+        _RngHungryLoader(train_loader),
+        scheduler=sched,
+        precision=precision,
+        channels_last=precision == "bf16",
+    )
     r = finder.range_test(1e-4, 10.0, 24, val_loader=test_loader, val_batches=1)
     # The sweep did train (the losses moved) and did use every RNG; all of it is undone.
     assert r["steps"] >= 12 and len(set(r["loss"])) > 1 and len(r["val_loss"]) == r["steps"]
@@ -268,7 +277,9 @@ def _both(smooth_f: float, use_val: bool):
     val = val if use_val else None
     settings = dict(start_lr=1e-4, end_lr=100.0, num_iter=60, smooth_f=smooth_f, diverge_th=5)
     m1 = _mlp()
-    ref = torch_lr_finder.LRFinder(m1, torch.optim.SGD(m1.parameters(), lr=0.1, momentum=0.9), nn.CrossEntropyLoss(), device="cpu")
+    ref = torch_lr_finder.LRFinder(
+        m1, torch.optim.SGD(m1.parameters(), lr=0.1, momentum=0.9), nn.CrossEntropyLoss(), device="cpu"
+    )
     ref.range_test(train, val_loader=val, step_mode="exp", **settings)
     m2 = _mlp()
     ours = LRFinder(m2, torch.optim.SGD(m2.parameters(), lr=0.1, momentum=0.9), train, device="cpu", precision="fp32")
@@ -362,7 +373,11 @@ def test_too_short_sweeps_are_clear_errors_never_none(tmp_path):
             call()
     assert isinstance(finder.plot(), Figure)  # the curve can still be looked at
     saved = json.loads((finder.save(tmp_path) / "lr_find.json").read_text())
-    assert saved["chosen"] is None and "usable points" in saved["error"] and saved["lr"][:4] == pytest.approx(sweep_lrs(1e-5, 1.0, 50)[:4])
+    assert (
+        saved["chosen"] is None
+        and "usable points" in saved["error"]
+        and saved["lr"][:4] == pytest.approx(sweep_lrs(1e-5, 1.0, 50)[:4])
+    )
 
 
 def test_flat_curve_is_flagged_not_silent():
@@ -404,7 +419,11 @@ def test_linear_mode_and_plot(tmp_path):
     fig = finder.plot()
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert ax.get_xscale() == "log" and any(t.startswith("valley") for t in labels) and any("(chosen)" in t and "onecycle" in t for t in labels)
+    assert (
+        ax.get_xscale() == "log"
+        and any(t.startswith("valley") for t in labels)
+        and any("(chosen)" in t and "onecycle" in t for t in labels)
+    )
     assert finder.suggestion() == finder.suggestions()["onecycle"][1]
     own = Figure()
     assert finder.plot(ax=own.add_subplot()) is own
@@ -425,7 +444,15 @@ SWEEP = {"lr_find.num_iter": 30, "lr_find.start_lr": 1e-4, "lr_find.end_lr": 100
     "extra,method",
     [
         ({"trainer.precision": "fp32", "sched.name": "cosine"}, "valley"),
-        ({"trainer.precision": "bf16", "trainer.channels_last": True, "augment.backend": "albumentations", "augment.workers": 0}, "onecycle"),
+        (
+            {
+                "trainer.precision": "bf16",
+                "trainer.channels_last": True,
+                "augment.backend": "albumentations",
+                "augment.workers": 0,
+            },
+            "onecycle",
+        ),
     ],
     ids=["fp32-tensor-cosine", "bf16-albumentations-onecycle"],
 )
@@ -445,19 +472,45 @@ def test_cli_lr_find(tiny_overrides, tmp_path, capsys):
     assert main(["lr-find", "quick", *sets, "--out", str(tmp_path / "lf")]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     chosen = json.loads((tmp_path / "lf" / "lr_find.json").read_text())["chosen"]["lr"]
-    assert out[0].startswith(f"chosen lr {chosen:.3g} (onecycle)") and "steepest" in out[1] and out[-1] == str(tmp_path / "lf")
+    assert (
+        out[0].startswith(f"chosen lr {chosen:.3g} (onecycle)")
+        and "steepest" in out[1]
+        and out[-1] == str(tmp_path / "lf")
+    )
     # Bad settings: one paragraph, exit 2.
     assert main(["lr-find", "quick", *sets, "--set", "lr_find.end_lr=1e-9"]) == 2
     assert "lr_find.end_lr" in capsys.readouterr().err
     # A sweep that diverges at once: a clear error, with the measured curve kept for inspection.
-    assert main(["lr-find", "quick", *sets, "--set", "lr_find.start_lr=1e4", "--set", "lr_find.end_lr=1e12", "--out", str(tmp_path / "bad")]) == 2
+    assert (
+        main(
+            [
+                "lr-find",
+                "quick",
+                *sets,
+                "--set",
+                "lr_find.start_lr=1e4",
+                "--set",
+                "lr_find.end_lr=1e12",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: the log
     assert err.startswith("vislab: error:") and "usable points" in err and str(tmp_path / "bad") in err
     assert json.loads((tmp_path / "bad" / "lr_find.json").read_text())["chosen"] is None
 
 
 def test_auto_lr_trains_exactly_like_the_chosen_lr_written_in_the_recipe(tiny_overrides, tmp_path):
-    ov = {**tiny_overrides, **SWEEP, "optim.lr": "auto", "sched.max_lr": "auto", "trainer.epochs": 2, "trainer.deterministic": True}
+    ov = {
+        **tiny_overrides,
+        **SWEEP,
+        "optim.lr": "auto",
+        "sched.max_lr": "auto",
+        "trainer.epochs": 2,
+        "trainer.deterministic": True,
+    }
     auto = vislab.train("quick", ov, out=tmp_path / "auto")
     folder = tmp_path / "auto"
     lr = json.loads((folder / "lr_find.json").read_text())["chosen"]["lr"]
@@ -476,7 +529,13 @@ def test_auto_lr_trains_exactly_like_the_chosen_lr_written_in_the_recipe(tiny_ov
 
 
 def test_auto_lr_refuses_a_flat_sweep_and_leaves_no_run_folder(tiny_overrides, tmp_path):
-    ov = {**tiny_overrides, "optim.lr": "auto", "lr_find.start_lr": 1e-12, "lr_find.end_lr": 1e-11, "lr_find.num_iter": 20}
+    ov = {
+        **tiny_overrides,
+        "optim.lr": "auto",
+        "lr_find.start_lr": 1e-12,
+        "lr_find.end_lr": 1e-11,
+        "lr_find.num_iter": 20,
+    }
     with pytest.raises(RangeTestError, match="optim.lr = auto: flat curve"):
         vislab.train("quick", ov, out=tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -484,7 +543,12 @@ def test_auto_lr_refuses_a_flat_sweep_and_leaves_no_run_folder(tiny_overrides, t
 
 def test_auto_lr_config_is_validated():
     assert load_config("quick", ["optim.lr=auto"])[1].optim.lr == "auto"
-    for bad, needle in [(["optim.lr=fast"], "optim.lr"), (["sched.name=step", "sched.max_lr=auto"], "sched.max_lr=auto"), (["lr_find.mode=cos"], "lr_find.mode"), (["lr_find.num_iter=5"], "lr_find.num_iter")]:
+    for bad, needle in [
+        (["optim.lr=fast"], "optim.lr"),
+        (["sched.name=step", "sched.max_lr=auto"], "sched.max_lr=auto"),
+        (["lr_find.mode=cos"], "lr_find.mode"),
+        (["lr_find.num_iter=5"], "lr_find.num_iter"),
+    ]:
         with pytest.raises(ConfigError, match=needle):
             load_config("quick", bad)
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from vislab.errors import ConfigError
 from vislab.models import (
+    _registry,
     count_parameters,
     create_model,
     format_mult_adds,
@@ -18,7 +19,6 @@ from vislab.models import (
     model_summary,
     register_model,
 )
-from vislab.models import _registry
 
 NORMS = ("batch", "group", "layer")
 SMALL = 0.125  # width multiplier that keeps the big models fast on 2 CPU cores
@@ -323,4 +323,8 @@ def test_model_summary_prints_mult_adds_as_a_count_not_a_size() -> None:
     assert "Total mult-adds: 1.77 M" in text.splitlines()
     assert "Units." not in text and "MEGABYTES" not in text
     assert format_mult_adds(555_430_000) == "555.43 M"
-    assert format_mult_adds(2_500_000_000) == "2.50 G" and format_mult_adds(12_340) == "12.34 K" and format_mult_adds(7) == "7"
+    assert (
+        format_mult_adds(2_500_000_000) == "2.50 G"
+        and format_mult_adds(12_340) == "12.34 K"
+        and format_mult_adds(7) == "7"
+    )

@@ -31,7 +31,15 @@ from vislab.plots import (
 
 CLASSES = ["cat", "dog", "ship"]
 HISTORY = [
-    {"epoch": e, "lr": 0.1 / e, "train_loss": 2.0 / e, "train_acc": 30.0 + 10 * e, "test_loss": 2.2 / e, "test_acc": 25.0 + 10 * e, "seconds": 1.0}
+    {
+        "epoch": e,
+        "lr": 0.1 / e,
+        "train_loss": 2.0 / e,
+        "train_acc": 30.0 + 10 * e,
+        "test_loss": 2.2 / e,
+        "test_acc": 25.0 + 10 * e,
+        "seconds": 1.0,
+    }
     for e in (1, 2, 3)
 ]
 
@@ -99,7 +107,10 @@ def test_curves_plot_the_history_values():
 
 def test_loss_panel_compares_cross_entropy_with_cross_entropy():
     # Label smoothing lifts the objective above the plain cross-entropy of the same logits.
-    history = [{**r, "train_ce": r["train_loss"] - 0.3, "val_loss": r["test_loss"] - 0.1, "val_acc": r["test_acc"] + 1} for r in HISTORY]
+    history = [
+        {**r, "train_ce": r["train_loss"] - 0.3, "val_loss": r["test_loss"] - 0.1, "val_acc": r["test_acc"] + 1}
+        for r in HISTORY
+    ]
     loss_ax, acc_ax = plot_curves(history).axes
     lines = {ln.get_label(): list(ln.get_ydata()) for ln in loss_ax.lines}
     assert lines == {
@@ -139,14 +150,21 @@ def test_confusion_matrix_names_classes_and_uses_a_colour_blind_safe_map():
 
 
 def test_gallery_titles_say_predicted_and_true_class():
-    fig = plot_misclassified(_images(2), torch.tensor([0, 2]), torch.tensor([1, 0]), torch.tensor([0.834, 0.5]), CLASSES)
+    fig = plot_misclassified(
+        _images(2), torch.tensor([0, 2]), torch.tensor([1, 0]), torch.tensor([0.834, 0.5]), CLASSES
+    )
     assert _texts(fig) == ["pred: dog (p=0.83)\ntrue: cat", "pred: cat (p=0.50)\ntrue: ship"]
 
 
 def test_gallery_tiles_show_what_the_gallery_is_sorted_by():
     # Ordered by loss (or by p(true), its mirror image) or by confidence: the key must be on every tile.
-    fig = plot_misclassified(_images(2), [0, 2], [1, 0], [0.834, 0.5], CLASSES, true_probs=[0.05, 0.3], losses=[2.9957, 1.204])
-    assert _texts(fig) == ["pred: dog (p=0.83)\ntrue: cat (p=0.05)\nloss 3.00", "pred: cat (p=0.50)\ntrue: ship (p=0.30)\nloss 1.20"]
+    fig = plot_misclassified(
+        _images(2), [0, 2], [1, 0], [0.834, 0.5], CLASSES, true_probs=[0.05, 0.3], losses=[2.9957, 1.204]
+    )
+    assert _texts(fig) == [
+        "pred: dog (p=0.83)\ntrue: cat (p=0.05)\nloss 3.00",
+        "pred: cat (p=0.50)\ntrue: ship (p=0.30)\nloss 1.20",
+    ]
 
 
 def test_gradcam_plot_groups_each_image_with_its_maps():
@@ -155,7 +173,10 @@ def test_gradcam_plot_groups_each_image_with_its_maps():
     texts = [t for t in _texts(fig)]
     assert len(texts) == 9  # image + two maps per image
     assert [t.split("\n")[:2] for t in texts[1:3] + texts[4:6]] == [
-        ["CAM w.r.t. predicted", "dog p=0.90"], ["CAM w.r.t. actual", "cat"], ["CAM w.r.t. predicted", "ship p=0.80"], ["CAM w.r.t. actual", "dog"],
+        ["CAM w.r.t. predicted", "dog p=0.90"],
+        ["CAM w.r.t. actual", "cat"],
+        ["CAM w.r.t. predicted", "ship p=0.80"],
+        ["CAM w.r.t. actual", "dog"],
     ]
     assert len(fig.axes) == 2  # the mosaic and its colour bar
 
@@ -174,7 +195,9 @@ def test_gradcam_maps_carry_confidence_and_absolute_scale():
     assert texts[5] == f"CAM w.r.t. actual\ndog p=0.02\nraw max {float(weak[1].max()):.3g}"
     assert "own maximum" in fig.axes[1].get_xlabel() and fig.axes[1].get_xlim() == (0.0, 1.0)
 
-    shared = plot_gradcam(_images(2), cams, [0, 1], [1, 2], [0.91, 0.8], CLASSES, true_probs=[0.34, 0.02], scale="shared")
+    shared = plot_gradcam(
+        _images(2), cams, [0, 1], [1, 2], [0.91, 0.8], CLASSES, true_probs=[0.34, 0.02], scale="shared"
+    )
     bar = shared.axes[1]
     assert "raw values" in bar.get_xlabel() and bar.get_xlim()[1] == pytest.approx(float(strong.max()))
     # on the shared scale the weak maps are drawn in the map's bottom colour; on their own scale they span it all

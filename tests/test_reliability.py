@@ -81,7 +81,10 @@ def _child(tmp_path: Path, point: str, n: int, overrides: dict, out: Path) -> su
     script.write_text(CHILD)
     return subprocess.run(
         [sys.executable, str(script), point, str(n), json.dumps(overrides), str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
 
 
@@ -104,7 +107,13 @@ def _weights(run_dir: Path) -> dict:
 @pytest.fixture
 def det_overrides(tiny_overrides):
     # 72 images / batch 16 = 4 steps per epoch, 3 epochs; deterministic CPU for exact comparison.
-    return {**tiny_overrides, "trainer.epochs": 3, "trainer.deterministic": True, "augment.rotate_deg": 5, "augment.cutout_size": 4}
+    return {
+        **tiny_overrides,
+        "trainer.epochs": 3,
+        "trainer.deterministic": True,
+        "augment.rotate_deg": 5,
+        "augment.cutout_size": 4,
+    }
 
 
 @pytest.fixture
@@ -120,8 +129,12 @@ def reference(det_overrides, tmp_path):
 # (point, n): SIGKILL during a step of epoch 1 (no checkpoint yet) and of epoch 2; inside the
 # 2nd and 3rd checkpoint writes; between the renames of a checkpoint swap; during the 2nd metrics write.
 KILL_POINTS = [
-    ("kill-step", 2), ("kill-step", 6), ("kill-in-checkpoint-write", 2), ("kill-in-checkpoint-write", 3),
-    ("kill-between-renames", 1), ("kill-in-metrics-write", 2),
+    ("kill-step", 2),
+    ("kill-step", 6),
+    ("kill-in-checkpoint-write", 2),
+    ("kill-in-checkpoint-write", 3),
+    ("kill-between-renames", 1),
+    ("kill-in-metrics-write", 2),
 ]
 
 
@@ -135,7 +148,10 @@ def test_sigkill_then_resume_matches_uninterrupted(point, n, det_overrides, refe
         assert all(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
     r = subprocess.run(
         [sys.executable, "-m", "vislab", "train", "--resume", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert _rows(out) == _rows(reference)
@@ -156,7 +172,13 @@ def test_signal_stops_after_step_saves_and_resumes(point, code, det_overrides, r
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
     if point == "sigint-step":
         assert (out / "report.html").is_file()
-    r = subprocess.run([sys.executable, "-m", "vislab", "train", "--resume", str(out)], capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, "-m", "vislab", "train", "--resume", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert _rows(out) == _rows(reference)
 
@@ -175,7 +197,7 @@ def test_tampered_or_truncated_checkpoint_is_refused(finished_run, capsys):
         load_checkpoint(ckpt)
     assert main(["train", "--resume", str(finished_run)]) == 2
     assert "refused" in _error_paragraph(capsys.readouterr().err)
-    state = (finished_run / "checkpoints" / "best" / "state.pt")
+    state = finished_run / "checkpoints" / "best" / "state.pt"
     state.write_bytes(state.read_bytes()[:100])
     with pytest.raises(VislabError, match="refused"):
         load_checkpoint(finished_run / "checkpoints" / "best")
@@ -202,8 +224,16 @@ def test_checkpoint_with_pickled_code_never_runs_it(finished_run, tmp_path):
 
 
 def test_nan_loss_names_epoch_step_and_lr(tiny_overrides, tmp_path):
-    ov = {**tiny_overrides, "sched.name": "none", "optim.lr": 1e12, "optim.momentum": 0.0, "optim.nesterov": False,
-          "trainer.epochs": 2, "model.norm": "group", "model.groups": 1}
+    ov = {
+        **tiny_overrides,
+        "sched.name": "none",
+        "optim.lr": 1e12,
+        "optim.momentum": 0.0,
+        "optim.nesterov": False,
+        "trainer.epochs": 2,
+        "model.norm": "group",
+        "model.groups": 1,
+    }
     with pytest.raises(vislab.VislabError, match=r"epoch 1 at step \d+ .*learning rate 1e\+12.*optim.grad_clip"):
         vislab.train("quick", ov, out=tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints" / "last").exists()  # nothing non-finite was saved
@@ -224,7 +254,10 @@ def test_nonfinite_weights_are_never_checkpointed(tiny_overrides, tmp_path):
 
     out = tmp_path / "run"
     ov = {**tiny_overrides, "trainer.batch_size": 72, "trainer.epochs": 3, "sched.name": "none", "optim.lr": 0.01}
-    with pytest.raises(TrainingDiverged, match=r"epoch 2: .*weight tensor\(s\) hold NaN or infinite values .*although every loss was finite"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"epoch 2: .*weight tensor\(s\) hold NaN or infinite values .*although every loss was finite",
+    ):
         vislab.train("quick", ov, out=out, callbacks=[_OverflowingLR()])
     last = load_checkpoint(out / "checkpoints" / "last")
     assert last["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
@@ -307,14 +340,32 @@ def _break_data(kind: str, root: Path) -> str:
     raise ValueError(kind)
 
 
-DATA_CASES = ["empty-class-folder", "non-image-file", "other-size", "truncated-jpeg", "grayscale-image", "missing-root", "missing-test-split"]
+DATA_CASES = [
+    "empty-class-folder",
+    "non-image-file",
+    "other-size",
+    "truncated-jpeg",
+    "grayscale-image",
+    "missing-root",
+    "missing-test-split",
+]
 
 
 @pytest.mark.parametrize("kind", DATA_CASES)
 def test_bad_data_corpus(kind, imagefolder, tmp_path, capsys):
     needle = _break_data(kind, imagefolder)
     out = tmp_path / "run"
-    args = ["train", "--set", "data.name=imagefolder", "--set", f"data.root={imagefolder}", "--set", f"data.cache_dir={tmp_path / 'cache'}", "--out", str(out)]
+    args = [
+        "train",
+        "--set",
+        "data.name=imagefolder",
+        "--set",
+        f"data.root={imagefolder}",
+        "--set",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 2
     assert needle in _error_paragraph(capsys.readouterr().err)
     assert not out.exists()
@@ -331,7 +382,9 @@ def test_unwritable_output_folder(kind, tiny_overrides, tmp_path, capsys):
     assert blocker.read_text() == "a file"
 
 
-@pytest.mark.parametrize("override", ["trainer.epochs=5", "model.width=0.5", "optim.name=adam", "trainer.checkpoint_metric=test_loss"])
+@pytest.mark.parametrize(
+    "override", ["trainer.epochs=5", "model.width=0.5", "optim.name=adam", "trainer.checkpoint_metric=test_loss"]
+)
 def test_resume_refuses_overrides_the_checkpoint_cannot_honour(finished_run, override, capsys):
     before = (finished_run / "config.yaml").read_text()
     assert main(["train", "--resume", str(finished_run), "--set", override]) == 2

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_imagefolder
 
 import vislab
+from conftest import make_imagefolder
 from vislab.engine import load_checkpoint, save_checkpoint
 from vislab.errors import ConfigError, VislabError
 from vislab.explain import PREDICTIONS_FILE, grad_cam
@@ -20,9 +20,19 @@ from vislab.report import compare_runs, explain_run, load_run, make_report, writ
 from vislab.report.commands import add_subcommands
 
 SECTIONS = [
-    "Metrics", "Configuration", "Model", "Training curves", "Learning rate", "What the model sees", "Per-class accuracy",
-    "Confusion matrix", "Most confused pairs", "Misclassified images", "Grad-CAM: predicted vs actual class",
-    "Faithfulness of the Grad-CAM maps (deletion test)", "Timings",
+    "Metrics",
+    "Configuration",
+    "Model",
+    "Training curves",
+    "Learning rate",
+    "What the model sees",
+    "Per-class accuracy",
+    "Confusion matrix",
+    "Most confused pairs",
+    "Misclassified images",
+    "Grad-CAM: predicted vs actual class",
+    "Faithfulness of the Grad-CAM maps (deletion test)",
+    "Timings",
 ]
 
 
@@ -35,9 +45,16 @@ def run_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("report")
     data = make_imagefolder(base / "data")
     overrides = {
-        "data.name": "imagefolder", "data.root": str(data), "data.cache_dir": str(base / "cache"), "model.width": 0.125,
-        "trainer.batch_size": 16, "trainer.epochs": 2, "trainer.device": "cpu", "trainer.progress": False,
-        "sched.peak_epoch": 0.5, "optim.lr": 0.05,
+        "data.name": "imagefolder",
+        "data.root": str(data),
+        "data.cache_dir": str(base / "cache"),
+        "model.width": 0.125,
+        "trainer.batch_size": 16,
+        "trainer.epochs": 2,
+        "trainer.device": "cpu",
+        "trainer.progress": False,
+        "sched.peak_epoch": 0.5,
+        "optim.lr": 0.05,
     }
     return vislab.train("quick", overrides, out=base / "run").run_dir
 
@@ -64,8 +81,14 @@ def test_report_has_every_section_and_self_contained_html(run_dir, tmp_path):
         assert re.search(rf"<h\d>{re.escape(title.replace('&', '&amp;'))}</h\d>", html), title
     # every image of the Markdown exists beside it, and the HTML carries the same images inline
     md_images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
-    assert {"report/curves.png", "report/lr.png", "report/misclassified.png", "report/gradcam.png",
-            "report/confusion_counts.png", "report/augmented.png"} <= set(md_images)
+    assert {
+        "report/curves.png",
+        "report/lr.png",
+        "report/misclassified.png",
+        "report/gradcam.png",
+        "report/confusion_counts.png",
+        "report/augmented.png",
+    } <= set(md_images)
     assert all((run / p).is_file() and (run / p).read_bytes()[:4] == b"\x89PNG" for p in md_images)
     assert html.count('<img alt="') == len(md_images) == html.count('src="data:image/png;base64,')
     assert _external_refs(html) == [] and "<link" not in html and "<script" not in html and "@import" not in html
@@ -75,7 +98,9 @@ def test_report_has_every_section_and_self_contained_html(run_dir, tmp_path):
     assert "finished (2 of 2 epochs)" in md and "checkpoints/best" in md
     numbers = json.loads((run / "report.json").read_text())
     assert numbers["test_images"] == 24 and set(numbers["per_class_acc"]) == {"alpha", "beta", "gamma"}
-    assert set(numbers["faithfulness"]) == ({"gallery/predicted", "gallery/actual"} if numbers["misclassified"] else set()) | {"random test images/predicted"}
+    assert set(numbers["faithfulness"]) == (
+        {"gallery/predicted", "gallery/actual"} if numbers["misclassified"] else set()
+    ) | {"random test images/predicted"}
     for stage in ("load model", "predictions", "grad-cam", "write report", "total"):
         assert stage in rep.timings or numbers["misclassified"] == 0 and stage == "grad-cam"
     assert "| predictions |" in md and "drop, top-20% CAM removed" in md
@@ -86,7 +111,11 @@ def test_predictions_are_cached_per_checkpoint(run_dir, tmp_path):
     first = make_report(run, n=2, faithfulness_n=0, preview=0)
     assert first.numbers["predictions_cached"] is False and "predictions" in first.timings
     cache = torch.load(run / PREDICTIONS_FILE, weights_only=True)
-    assert cache["logits"].shape == (24, 3) and cache["logits"].dtype == torch.float32 and cache["labels"].dtype == torch.int64
+    assert (
+        cache["logits"].shape == (24, 3)
+        and cache["logits"].dtype == torch.float32
+        and cache["labels"].dtype == torch.int64
+    )
     second = make_report(run, n=2, faithfulness_n=0, preview=0)
     assert second.numbers["predictions_cached"] is True and "predictions (cached)" in second.timings
 
@@ -164,13 +193,34 @@ def test_cli_choices_match_the_api_and_import_no_torch():
     assert commands.ORDERS == explain.ORDERS and commands.TARGETS == explain.TARGETS
     assert sorted(report.__all__) == sorted(report._LAZY) and all(getattr(report, n) for n in report.__all__)
     code = "import sys, vislab.report.commands; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 def test_explain_command_targets(run_dir, tmp_path, capsys):
     run = _copy(run_dir, tmp_path / "run")
     out = tmp_path / "ex"
-    assert _cli(["explain", str(run), "--n", "3", "--target", "actual", "--order", "random", "--seed", "2", "--out", str(out)]) == 0
+    assert (
+        _cli(
+            [
+                "explain",
+                str(run),
+                "--n",
+                "3",
+                "--target",
+                "actual",
+                "--order",
+                "random",
+                "--seed",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert str(out / "gradcam.png") in printed and "deletion test" in printed
     info = json.loads((out / "explain.json").read_text())
@@ -194,7 +244,9 @@ def test_explain_both_targets_differ_for_misclassified_images(run_dir, tmp_path)
     loaded = load_run(run, device="cpu")
     x = loaded.normalize(loaded.dataset.test_x[ex.indices])
     torch.testing.assert_close(ex.cams["predicted"], grad_cam(loaded.model, x, ex.preds, layer="layer2"))
-    torch.testing.assert_close(ex.cams["actual"], grad_cam(loaded.model, x, loaded.dataset.test_y[ex.indices], layer="layer2"))
+    torch.testing.assert_close(
+        ex.cams["actual"], grad_cam(loaded.model, x, loaded.dataset.test_y[ex.indices], layer="layer2")
+    )
     assert (res.out_dir / "guided_gradcam.png").is_file() and res.out_dir == run / "explain"
 
 

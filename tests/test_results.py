@@ -6,18 +6,25 @@ import fnmatch
 import importlib.util
 import json
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
 import vislab.results as results
 from vislab.cli import main
 from vislab.config import config_to_yaml, list_recipes, load_config
 from vislab.errors import ConfigError
 from vislab.report import compare_runs
-from vislab.results import course_reference, course_references, describe_result, measured_results, recipe_differences, run_recipe
+from vislab.results import (
+    course_reference,
+    course_references,
+    describe_result,
+    measured_results,
+    recipe_differences,
+    run_recipe,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,15 +36,25 @@ def _tool():
     return mod
 
 
-def make_run(folder: Path, recipe: str, accs: list[float], *, overrides: dict[str, Any] | None = None, header: str | None = None,
-             summary: dict[str, Any] | None = None, seconds: float = 10.0) -> Path:
+def make_run(
+    folder: Path,
+    recipe: str,
+    accs: list[float],
+    *,
+    overrides: dict[str, Any] | None = None,
+    header: str | None = None,
+    summary: dict[str, Any] | None = None,
+    seconds: float = 10.0,
+) -> Path:
     """A run folder as `vislab train` leaves it (config.yaml, metrics.jsonl, optionally summary.json), without training."""
     _, cfg = load_config(recipe, {"data.name": "imagefolder", "data.root": "/data/cifar10-jpeg", **(overrides or {})})
     folder.mkdir(parents=True)
     name = recipe if header is None else header
     (folder / "config.yaml").write_text(f"# vislab 0.1.0 resolved config of recipe {name!r}\n" + config_to_yaml(cfg))
-    rows = [{"epoch": i, "lr": 0.01, "train_loss": 1.0, "train_acc": a, "test_loss": 1.0, "test_acc": a, "seconds": seconds}
-            for i, a in enumerate(accs, 1)]
+    rows = [
+        {"epoch": i, "lr": 0.01, "train_loss": 1.0, "train_acc": a, "test_loss": 1.0, "test_acc": a, "seconds": seconds}
+        for i, a in enumerate(accs, 1)
+    ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if summary is not None:
         (folder / "summary.json").write_text(json.dumps(summary))
@@ -45,8 +62,15 @@ def make_run(folder: Path, recipe: str, accs: list[float], *, overrides: dict[st
 
 
 def _summary(recipe: str, epochs: int, wall: float, train: int = 50000, test: int = 10000) -> dict[str, Any]:
-    return {"recipe": recipe, "status": "finished", "epochs_completed": epochs, "wall_seconds": wall, "device_name": "Test CPU (2 cores)",
-            "versions": {"torch": "9.9.9"}, "dataset": {"name": "imagefolder", "train_images": train, "test_images": test}}
+    return {
+        "recipe": recipe,
+        "status": "finished",
+        "epochs_completed": epochs,
+        "wall_seconds": wall,
+        "device_name": "Test CPU (2 cores)",
+        "versions": {"torch": "9.9.9"},
+        "dataset": {"name": "imagefolder", "train_images": train, "test_images": test},
+    }
 
 
 def _flat(text: str) -> str:
@@ -64,7 +88,11 @@ def test_course_curves_fit_their_recipes():
     for ref in with_curve:
         # One point per epoch of the recipe, ending at the figure of the run it was logged from.
         assert len(ref.curve) == load_config(ref.recipe)[1].trainer.epochs
-        assert ref.curve[-1] == ref.curve_final and ref.at_epoch(1) == ref.curve[0] and ref.at_epoch(len(ref.curve) + 1) is None
+        assert (
+            ref.curve[-1] == ref.curve_final
+            and ref.at_epoch(1) == ref.curve[0]
+            and ref.at_epoch(len(ref.curve) + 1) is None
+        )
     ln = refs["resnet18-ln-plateau"]
     # The only published LayerNorm curve is another attempt than the recipe's: it must say so.
     assert ln.curve_final < ln.final and "patience-10" in ln.curve_note and "patience 2" in ln.curve_note
@@ -102,7 +130,12 @@ def test_recipe_headers_label_the_course_figure_and_claim_only_what_was_measured
     if ref is not None:
         assert f"Course's figure: {ref.final:.2f}%" in head
     measured = results.measured_result(recipe)
-    reached = bool(measured and ref and measured["epochs_done"] >= measured["epochs_planned"] and measured["final_test_acc"] >= ref.final)
+    reached = bool(
+        measured
+        and ref
+        and measured["epochs_done"] >= measured["epochs_planned"]
+        and measured["final_test_acc"] >= ref.final
+    )
     if not reached:
         assert "reproduc" not in head.lower()
     # Measured times live in results.json only (one figure everywhere): no header quotes seconds.
@@ -116,7 +149,10 @@ def test_run_recipe_from_config_summary_or_header(tmp_path):
     recipes = {name: load_config(name)[1] for name in list_recipes()}
     exact = make_run(tmp_path / "a", "resnet9-onecycle", [50.0], header="something-else")
     _, cfg = load_config(exact / "config.yaml")
-    assert run_recipe(cfg, (exact / "config.yaml").read_text(), None, recipes) == ("resnet9-onecycle", "its config matches the recipe")
+    assert run_recipe(cfg, (exact / "config.yaml").read_text(), None, recipes) == (
+        "resnet9-onecycle",
+        "its config matches the recipe",
+    )
 
     short = make_run(tmp_path / "b", "resnet18-bn", [50.0], overrides={"trainer.epochs": 2})
     _, cfg = load_config(short / "config.yaml")
@@ -156,7 +192,11 @@ def test_compare_reference_overlays_and_sets_figures_side_by_side(tmp_path, caps
     row = next(ln for ln in md.splitlines() if ln.startswith("| r9 | resnet9-onecycle |"))
     assert row.endswith(f"| 60.25 | {ref.at_epoch(3):.2f} | {ref.final:.2f} |")
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())[0]
-    assert (saved["recipe"], saved["course_test_acc_at_epoch"], saved["course_final_test_acc"]) == ("resnet9-onecycle", ref.at_epoch(3), ref.final)
+    assert (saved["recipe"], saved["course_test_acc_at_epoch"], saved["course_final_test_acc"]) == (
+        "resnet9-onecycle",
+        ref.at_epoch(3),
+        ref.final,
+    )
 
 
 def test_course_curve_is_drawn_on_the_given_axes():
@@ -181,7 +221,13 @@ def test_compare_reference_of_the_layernorm_recipe_says_the_curve_is_another_att
 
 
 def test_compare_reference_by_name_for_a_run_that_does_not_say(tmp_path):
-    run = make_run(tmp_path / "mine", "resnet9-onecycle", [50.0, 55.0], overrides={"trainer.epochs": 12, "sched.peak_epoch": 3}, header="mine")
+    run = make_run(
+        tmp_path / "mine",
+        "resnet9-onecycle",
+        [50.0, 55.0],
+        overrides={"trainer.epochs": 12, "sched.peak_epoch": 3},
+        header="mine",
+    )
     with pytest.raises(ConfigError, match=r"--reference RECIPE"):
         compare_runs([run], out=tmp_path / "x", reference=True)
     assert not (tmp_path / "x").exists()  # refused before anything is written
@@ -191,10 +237,13 @@ def test_compare_reference_by_name_for_a_run_that_does_not_say(tmp_path):
     assert "differs from today's resnet9-onecycle recipe in: " in md and "trainer.epochs = 12 (recipe: 24)" in md
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--reference"], "no course reference"),  # a quick run: vislab's own recipe
-    (["--reference", "no-such-recipe"], "'no-such-recipe'"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--reference"], "no course reference"),  # a quick run: vislab's own recipe
+        (["--reference", "no-such-recipe"], "'no-such-recipe'"),
+    ],
+)
 def test_compare_reference_user_errors_exit_2(tmp_path, capsys, args, needle):
     run = make_run(tmp_path / "q", "quick", [70.0])
     assert main(["compare", str(run), *args, "--out", str(tmp_path / "cmp")]) == 2
@@ -211,8 +260,16 @@ def test_compare_reference_before_the_run_folder_is_read_as_a_folder(tmp_path, c
 
 
 def test_compare_table_shows_each_runs_data(tmp_path):
-    small = make_run(tmp_path / "small", "quick", [60.0], overrides={"data.train_size": 2000}, summary=_summary("quick", 1, 5.0, 2000, 1000))
-    full = make_run(tmp_path / "full", "quick", [80.0], overrides={"data.train_size": 5000})  # still running: no summary.json
+    small = make_run(
+        tmp_path / "small",
+        "quick",
+        [60.0],
+        overrides={"data.train_size": 2000},
+        summary=_summary("quick", 1, 5.0, 2000, 1000),
+    )
+    full = make_run(
+        tmp_path / "full", "quick", [80.0], overrides={"data.train_size": 5000}
+    )  # still running: no summary.json
     res = compare_runs([small, full], out=tmp_path / "cmp")
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| small | imagefolder (cifar10-jpeg) | 2,000 | 1,000 |" in md
@@ -241,20 +298,58 @@ def tree(tmp_path):
 def test_results_tool_records_finished_and_unfinished_runs(tmp_path, tree):
     tool, docs, readme, paths = tree
     bn_accs = [50.0 + i for i in range(20)]
-    bn = make_run(tmp_path / "runs" / "resnet18-bn", "resnet18-bn", bn_accs, summary=_summary("resnet18-bn", 20, 450.0), seconds=20.0)
+    bn = make_run(
+        tmp_path / "runs" / "resnet18-bn",
+        "resnet18-bn",
+        bn_accs,
+        summary=_summary("resnet18-bn", 20, 450.0),
+        seconds=20.0,
+    )
     (bn / "lr_find.json").write_text(json.dumps({"seconds": 30.0}))
     r9 = make_run(tmp_path / "runs" / "resnet9-onecycle", "resnet9-onecycle", [45.0, 58.0, 57.5], seconds=400.0)
-    assert tool.main([str(bn), str(r9), "--commit", "abc1234", "--machine", "Test CPU", "--data", "test data", "--date", "2026-01-02", *paths]) == 0
+    assert (
+        tool.main(
+            [
+                str(bn),
+                str(r9),
+                "--commit",
+                "abc1234",
+                "--machine",
+                "Test CPU",
+                "--data",
+                "test data",
+                "--date",
+                "2026-01-02",
+                *paths,
+            ]
+        )
+        == 0
+    )
 
     entries = json.loads((docs / "results.json").read_text())
     assert [list(e) for e in entries] == [list(results.RESULT_KEYS)] * 2
     bn_e, r9_e = entries
-    assert (bn_e["recipe"], bn_e["epochs_done"], bn_e["epochs_planned"], bn_e["final_test_acc"], bn_e["best_test_acc"]) == (
-        "resnet18-bn", 20, 20, bn_accs[-1], max(bn_accs))
+    assert (
+        bn_e["recipe"],
+        bn_e["epochs_done"],
+        bn_e["epochs_planned"],
+        bn_e["final_test_acc"],
+        bn_e["best_test_acc"],
+    ) == ("resnet18-bn", 20, 20, bn_accs[-1], max(bn_accs))
     assert bn_e["wall_seconds"] == 450.0  # one process ran it all: summary.json's wall time
-    assert (r9_e["epochs_done"], r9_e["epochs_planned"], r9_e["final_test_acc"], r9_e["best_test_acc"]) == (3, 24, 57.5, 58.0)
+    assert (r9_e["epochs_done"], r9_e["epochs_planned"], r9_e["final_test_acc"], r9_e["best_test_acc"]) == (
+        3,
+        24,
+        57.5,
+        58.0,
+    )
     assert r9_e["wall_seconds"] == 1200.0  # unfinished: the epochs' own seconds
-    assert (r9_e["machine"], r9_e["data"], r9_e["date"], r9_e["commit"]) == ("Test CPU", "test data", "2026-01-02", "abc1234")
+    assert (r9_e["machine"], r9_e["data"], r9_e["date"], r9_e["commit"]) == (
+        "Test CPU",
+        "test data",
+        "2026-01-02",
+        "abc1234",
+    )
     assert r9_e["course_test_acc"] == course_reference("resnet9-onecycle").final
     assert json.loads((tmp_path / "pkg.json").read_text()) == entries
 
@@ -287,7 +382,9 @@ def test_results_tool_rerecording_replaces_the_entry_and_keeps_others(tmp_path, 
     r9 = make_run(tmp_path / "r9", "resnet9-onecycle", [45.0])
     assert tool.main([str(bn), str(r9), "--commit", "c1", "--machine", "M", *paths]) == 0
     # The resnet18-bn run later ended after a resume: summary.json covers only the last process.
-    (bn / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i, "test_acc": 60.0 + i, "seconds": 30.0}) + "\n" for i in range(1, 21)))
+    (bn / "metrics.jsonl").write_text(
+        "".join(json.dumps({"epoch": i, "test_acc": 60.0 + i, "seconds": 30.0}) + "\n" for i in range(1, 21))
+    )
     (bn / "summary.json").write_text(json.dumps(_summary("resnet18-bn", 20, 100.0)))
     (bn / "lr_find.json").write_text(json.dumps({"seconds": 5.0}))
     assert tool.main([str(bn), "--commit", "c2", *paths]) == 0
@@ -298,11 +395,14 @@ def test_results_tool_rerecording_replaces_the_entry_and_keeps_others(tmp_path, 
     assert "(epochs + range test (resumed run))" in (docs / "results.md").read_text()
 
 
-@pytest.mark.parametrize("extra,needle", [
-    ([], "--commit"),
-    (["--commit", "c1", "--date", "Jan 2"], "YYYY-MM-DD"),
-    (["--commit", "c1"], "--machine"),  # unfinished run: no summary.json to take the machine from
-])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        ([], "--commit"),
+        (["--commit", "c1", "--date", "Jan 2"], "YYYY-MM-DD"),
+        (["--commit", "c1"], "--machine"),  # unfinished run: no summary.json to take the machine from
+    ],
+)
 def test_results_tool_user_errors_exit_2(tmp_path, tree, capsys, extra, needle):
     tool, docs, _, paths = tree
     run = make_run(tmp_path / "r9", "resnet9-onecycle", [45.0])
@@ -314,7 +414,13 @@ def test_results_tool_user_errors_exit_2(tmp_path, tree, capsys, extra, needle):
 
 def test_results_tool_asks_for_the_recipe_of_an_unnamed_run(tmp_path, tree, capsys):
     tool, docs, _, paths = tree
-    run = make_run(tmp_path / "mine", "resnet9-onecycle", [45.0], overrides={"trainer.epochs": 12, "sched.peak_epoch": 3}, header="mine")
+    run = make_run(
+        tmp_path / "mine",
+        "resnet9-onecycle",
+        [45.0],
+        overrides={"trainer.epochs": 12, "sched.peak_epoch": 3},
+        header="mine",
+    )
     assert tool.main([str(run), "--commit", "c1", "--machine", "M", *paths]) == 2
     assert "--recipe NAME" in capsys.readouterr().err
     assert tool.main([str(run), "--commit", "c1", "--machine", "M", "--recipe", "resnet9-onecycle", *paths]) == 0
@@ -327,7 +433,7 @@ def test_results_tool_asks_for_the_recipe_of_an_unnamed_run(tmp_path, tree, caps
 def test_recipes_verbose_prints_course_and_measured_figures(capsys):
     assert main(["recipes", "-v"]) == 0
     out = _flat(capsys.readouterr().out)
-    for recipe, ref in course_references().items():
+    for ref in course_references().values():
         assert f"course's figure: {ref.final:.2f}% test accuracy" in out
     measured = measured_results()
     assert measured, "docs/results.json records at least the resnet9-onecycle run"

@@ -27,7 +27,11 @@ def test_an_lr_find_folder_is_named_for_what_it_is(lr_find_folder, tiny_override
     with pytest.raises(ConfigError, match="is the output of `vislab lr-find`"):
         read_run(lr_find_folder)
     # Every command that takes a run folder says so, and resume does not train inside it.
-    for args in (["report", str(lr_find_folder)], ["train", "--resume", str(lr_find_folder)], ["compare", str(lr_find_folder)]):
+    for args in (
+        ["report", str(lr_find_folder)],
+        ["train", "--resume", str(lr_find_folder)],
+        ["compare", str(lr_find_folder)],
+    ):
         r = _vislab(*args, cwd=tmp_path)
         assert r.returncode == 2, (args, r.stderr[-800:])
         assert "is the output of `vislab lr-find`" in r.stderr and "Traceback" not in r.stderr
@@ -35,7 +39,11 @@ def test_an_lr_find_folder_is_named_for_what_it_is(lr_find_folder, tiny_override
 
 
 def test_a_training_run_with_an_auto_lr_is_not_taken_for_an_lr_find_folder(tiny_overrides, tmp_path):
-    run = vislab.train("quick", {**tiny_overrides, "trainer.epochs": 1, "sched.max_lr": "auto", "lr_find.num_iter": 12}, out=tmp_path / "r")
+    run = vislab.train(
+        "quick",
+        {**tiny_overrides, "trainer.epochs": 1, "sched.max_lr": "auto", "lr_find.num_iter": 12},
+        out=tmp_path / "r",
+    )
     assert (run.run_dir / "lr_find.json").is_file() and not is_lr_find_folder(run.run_dir)
     assert read_run(run.run_dir).history
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from torch import nn
 
 import vislab
@@ -33,7 +32,9 @@ def test_peak_fraction_gives_the_same_schedule_as_the_equivalent_peak_epoch():
     by_epoch, _ = _lrs_and_momenta(peak_epoch=2)
     by_fraction, _ = _lrs_and_momenta(peak_fraction=0.25)
     assert by_epoch == by_fraction
-    assert max(by_fraction) == pytest.approx(0.4) and by_fraction.index(max(by_fraction)) == 19  # 25% of 80 steps: torch ends the warm-up at step 20 - 1
+    assert (
+        max(by_fraction) == pytest.approx(0.4) and by_fraction.index(max(by_fraction)) == 19
+    )  # 25% of 80 steps: torch ends the warm-up at step 20 - 1
     default, _ = _lrs_and_momenta()
     assert default.index(max(default)) == 23  # 30% of 80 steps: torch's pct_start, phase end at step 24 - 1
 
@@ -41,7 +42,10 @@ def test_peak_fraction_gives_the_same_schedule_as_the_equivalent_peak_epoch():
 def test_shortened_recipe_keeps_its_shape():
     # quick states its peak as a fraction: a 2-epoch smoke test is accepted and peaks at 25% of it.
     _, cfg = vislab.load_config("quick", {"trainer.epochs": 2})
-    assert cfg.sched.peak_epoch is None and onecycle_peak_fraction(2, 10, cfg.sched.peak_epoch, cfg.sched.peak_fraction) == 0.25
+    assert (
+        cfg.sched.peak_epoch is None
+        and onecycle_peak_fraction(2, 10, cfg.sched.peak_epoch, cfg.sched.peak_fraction) == 0.25
+    )
 
 
 def test_peak_epoch_that_no_longer_fits_names_the_overrides_that_would():
@@ -49,7 +53,9 @@ def test_peak_epoch_that_no_longer_fits_names_the_overrides_that_would():
         vislab.load_config("resnet9-onecycle", {"trainer.epochs": 4})
     msg = str(e.value)
     assert "sched.peak_epoch = 5" in msg and "--set sched.peak_epoch=null --set sched.peak_fraction=" in msg
-    _, cfg = vislab.load_config("resnet9-onecycle", {"trainer.epochs": 4, "sched.peak_epoch": None, "sched.peak_fraction": 0.2})
+    _, cfg = vislab.load_config(
+        "resnet9-onecycle", {"trainer.epochs": 4, "sched.peak_epoch": None, "sched.peak_fraction": 0.2}
+    )
     assert cfg.sched.peak_fraction == 0.2
 
 
@@ -79,8 +85,13 @@ def test_short_onecycle_run_is_refused_before_the_run_folder(tiny_overrides, tmp
     # 72 training images at batch 64 with drop_last: one optimizer step per epoch, as in the issue.
     ov = {**tiny_overrides, "trainer.batch_size": 64, "trainer.epochs": 2, "sched.peak_epoch": 1}
     sets = [a for k, v in ov.items() for a in ("--set", f"{k}={v}")]
-    r = subprocess.run([sys.executable, "-m", "vislab", "train", "quick", *sets, "--out", str(tmp_path / "r")],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "vislab", "train", "quick", *sets, "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "ZeroDivisionError" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]  # earlier lines are the data set's log
@@ -90,9 +101,15 @@ def test_short_onecycle_run_is_refused_before_the_run_folder(tiny_overrides, tmp
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 def test_cycle_momentum_is_what_the_optimizer_runs_with(opt_name):
-    lrs, moms = _lrs_and_momenta(opt_name, peak_fraction=0.25, cycle_momentum=True, base_momentum=0.8, max_momentum=0.97)
+    lrs, moms = _lrs_and_momenta(
+        opt_name, peak_fraction=0.25, cycle_momentum=True, base_momentum=0.8, max_momentum=0.97
+    )
     peak = lrs.index(max(lrs))
-    assert moms[0] == pytest.approx(0.97) and moms[peak] == pytest.approx(0.8) and moms[-1] == pytest.approx(0.97, abs=1e-3)
+    assert (
+        moms[0] == pytest.approx(0.97)
+        and moms[peak] == pytest.approx(0.8)
+        and moms[-1] == pytest.approx(0.97, abs=1e-3)
+    )
     _, fixed = _lrs_and_momenta(opt_name, peak_fraction=0.25, cycle_momentum=False)
     assert set(fixed) == {0.9}  # optim.momentum / betas[0], untouched by OneCycle
 
@@ -107,8 +124,13 @@ def test_lr_range_test_sweeps_with_the_momentum_onecycle_uses_at_its_peak(tiny_o
 
 def test_report_states_the_peak_and_the_momentum_training_used(tiny_overrides, tmp_path):
     # peak_epoch null (the documented default) once crashed the report's config table.
-    ov = {**tiny_overrides, "trainer.report": True, "sched.peak_epoch": None, "sched.peak_fraction": None,
-          "sched.base_momentum": 0.8}
+    ov = {
+        **tiny_overrides,
+        "trainer.report": True,
+        "sched.peak_epoch": None,
+        "sched.peak_fraction": None,
+        "sched.base_momentum": 0.8,
+    }
     run = vislab.train("quick", ov, out=tmp_path / "r")
     md = (run.run_dir / "report.md").read_text()
     assert "peak at 30% of the run (epoch 0.6 of 2)" in md

@@ -71,7 +71,9 @@ def test_range_test_never_reads_the_test_split(tiny_overrides):
     with pytest.raises(ConfigError, match="lr_find.measure = accuracy needs a validation split"):
         vislab.lr_find("quick", ov)
     # With a validation split the held-out measure reads it: accuracies over its 15 images (the test split has 24).
-    finder = vislab.lr_find("quick", {**ov, "data.val_size": 15, "lr_find.val_batches": 1, "trainer.eval_batch_size": 30})
+    finder = vislab.lr_find(
+        "quick", {**ov, "data.val_size": 15, "lr_find.val_batches": 1, "trainer.eval_batch_size": 30}
+    )
     counts = [a * 15 / 100 for a in finder.results["val_acc"]]
     assert len(counts) >= 11 and all(c == pytest.approx(round(c), abs=1e-6) for c in counts)
     assert any(a * 24 / 100 != pytest.approx(round(a * 24 / 100), abs=1e-6) for a in finder.results["val_acc"])
@@ -82,7 +84,9 @@ def test_training_logs_validation_columns_and_can_pick_best_by_them(tiny_overrid
     run = vislab.train("quick", ov, out=tmp_path / "r")
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all({"val_loss", "val_acc", "test_loss", "test_acc"} <= set(r) for r in rows)
-    assert all(r["val_acc"] * 12 / 100 == pytest.approx(round(r["val_acc"] * 12 / 100), abs=1e-6) for r in rows)  # over 12 images
+    assert all(
+        r["val_acc"] * 12 / 100 == pytest.approx(round(r["val_acc"] * 12 / 100), abs=1e-6) for r in rows
+    )  # over 12 images
     best = min(rows, key=lambda r: r["val_loss"])
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["best"]["epoch"] == best["epoch"] and summary["best_metric"] == "val_loss"

@@ -36,7 +36,14 @@ def render(schema: str) -> str:
         field = re.match(r"Field\((.+?)(,|\))", default)
         bounds = ", ".join(f"{SYMBOLS[k]} {v}" for k, v in re.findall(r"\b(gt|ge|lt|le)=([^,)]+)", default))
         shown = field.group(1) if field else default
-        typ = typ.replace("LearningRate", "float (> 0) or 'auto'").replace("Optional[", "").replace("Literal[", "one of ").replace("Union[", "").replace("]", "").replace('"', "'")
+        typ = (
+            typ.replace("LearningRate", "float (> 0) or 'auto'")
+            .replace("Optional[", "")
+            .replace("Literal[", "one of ")
+            .replace("Union[", "")
+            .replace("]", "")
+            .replace('"', "'")
+        )
         if bounds:
             typ += f" ({bounds})"
         out.append(f"| `{name}` | {typ} | `{shown}` | {comment or ''} |")

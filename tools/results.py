@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "lr_find.json")  # small text files, enough to re-run and compare
+RUN_FILES = (
+    "config.yaml",
+    "metrics.jsonl",
+    "summary.json",
+    "lr_find.json",
+)  # small text files, enough to re-run and compare
 CURVE = "curve.png"
 TABLE = "results table"  # the generated block of docs/results.md
 README_TABLE = "recipes table"  # the generated block of README.md
@@ -55,7 +60,9 @@ def _history(path: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
 
 
-def wall_time(history: list[dict[str, Any]], summary: dict[str, Any] | None, lr_find: dict[str, Any] | None) -> tuple[float, str]:
+def wall_time(
+    history: list[dict[str, Any]], summary: dict[str, Any] | None, lr_find: dict[str, Any] | None
+) -> tuple[float, str]:
     """(seconds, what they cover). summary.json's wall time covers one process only: after a resume it
     misses the epochs before it, so the epochs' own seconds (plus the range test) stand in then."""
     epochs = sum(float(r.get("seconds", 0.0)) for r in history)
@@ -75,8 +82,9 @@ def machine_of(summary: dict[str, Any] | None) -> str | None:
     return f"{summary['device_name']}, torch {torch_version}" if torch_version else summary["device_name"]
 
 
-def entry_from_run(run_dir: Path, *, commit: str, machine: str | None, data: str | None, date: str | None,
-                   recipe: str | None = None) -> dict[str, Any]:
+def entry_from_run(
+    run_dir: Path, *, commit: str, machine: str | None, data: str | None, date: str | None, recipe: str | None = None
+) -> dict[str, Any]:
     from vislab.config import load_config
     from vislab.report import read_run
     from vislab.results import describe_data, run_data, run_recipe
@@ -86,25 +94,38 @@ def entry_from_run(run_dir: Path, *, commit: str, machine: str | None, data: str
         recipes = {name: load_config(name)[1] for name in list_recipes()}
         recipe, how = run_recipe(folder.config, folder.config_text, folder.summary, recipes)
         if recipe is None:
-            raise ToolError(f"{str(run_dir)!r}: cannot tell which recipe this run ran ({how}); give it with --recipe NAME (one RUN_DIR at a time).")
+            raise ToolError(
+                f"{str(run_dir)!r}: cannot tell which recipe this run ran ({how}); give it with --recipe NAME (one RUN_DIR at a time)."
+            )
     elif recipe not in list_recipes():
         raise ToolError(f"--recipe = {recipe!r} is not a shipped recipe; choose one of {', '.join(list_recipes())}.")
     hist = folder.history
     if not hist:
-        raise ToolError(f"{str(run_dir)!r} has no finished epoch yet (metrics.jsonl is empty or missing); record it after its first epoch.")
+        raise ToolError(
+            f"{str(run_dir)!r} has no finished epoch yet (metrics.jsonl is empty or missing); record it after its first epoch."
+        )
     accs = [float(r["test_acc"]) for r in hist]
     seconds, _ = wall_time(hist, folder.summary, _read_json(run_dir / "lr_find.json"))
     machine = machine or machine_of(folder.summary)
     if machine is None:
-        raise ToolError(f"{str(run_dir)!r} has no summary.json yet (the run has not ended), so its machine is unknown; give --machine TEXT.")
+        raise ToolError(
+            f"{str(run_dir)!r} has no summary.json yet (the run has not ended), so its machine is unknown; give --machine TEXT."
+        )
     if date is None:
         # The run's last finished epoch: when metrics.jsonl was last written.
         date = datetime.fromtimestamp((run_dir / "metrics.jsonl").stat().st_mtime, tz=timezone.utc).strftime("%Y-%m-%d")
     ref = course_reference(recipe)
     entry = {
-        "recipe": recipe, "epochs_done": len(hist), "epochs_planned": folder.config.trainer.epochs,
-        "final_test_acc": round(accs[-1], 2), "best_test_acc": round(max(accs), 2), "wall_seconds": round(seconds, 1),
-        "machine": machine, "data": data or describe_data(run_data(folder.config, folder.summary)), "date": date, "commit": commit,
+        "recipe": recipe,
+        "epochs_done": len(hist),
+        "epochs_planned": folder.config.trainer.epochs,
+        "final_test_acc": round(accs[-1], 2),
+        "best_test_acc": round(max(accs), 2),
+        "wall_seconds": round(seconds, 1),
+        "machine": machine,
+        "data": data or describe_data(run_data(folder.config, folder.summary)),
+        "date": date,
+        "commit": commit,
         "course_test_acc": ref.final if ref else None,
     }
     return {k: entry[k] for k in RESULT_KEYS}
@@ -132,40 +153,63 @@ def _duration(s: float) -> str:
 
 def render_table(entries: list[dict[str, Any]], docs: Path) -> str:
     by_recipe = {e["recipe"]: e for e in entries}
-    rows = ["| recipe | status | vislab final test acc (%) | vislab best test acc (%) | epochs | time | course's final (%) | "
-            "last epoch: vislab vs course (%) | data | machine | date | commit | curve |",
-            "|---|---|---:|---:|---:|---|---:|---|---|---|---|---|---|"]
+    rows = [
+        "| recipe | status | vislab final test acc (%) | vislab best test acc (%) | epochs | time | course's final (%) | "
+        "last epoch: vislab vs course (%) | data | machine | date | commit | curve |",
+        "|---|---|---:|---:|---:|---|---:|---|---|---|---|---|---|",
+    ]
     notes: list[str] = []
     for name in list_recipes():
         ref, e = course_reference(name), by_recipe.get(name)
         if e is None:
-            rows.append(f"| `{name}` | TODO: not run yet; record a run with tools/results.py | — | — | — | — | {_pct(ref.final if ref else None)} "
-                        "| — | — | — | — | — | — |")
+            rows.append(
+                f"| `{name}` | TODO: not run yet; record a run with tools/results.py | — | — | — | — | {_pct(ref.final if ref else None)} "
+                "| — | — | — | — | — | — |"
+            )
             continue
         folder = docs / "results" / name
         hist = _history(folder / "metrics.jsonl")
-        _, kind = wall_time(hist, _read_json(folder / "summary.json"), _read_json(folder / "lr_find.json")) if hist else (0.0, "")
+        _, kind = (
+            wall_time(hist, _read_json(folder / "summary.json"), _read_json(folder / "lr_find.json"))
+            if hist
+            else (0.0, "")
+        )
         done, planned = e["epochs_done"], e["epochs_planned"]
         status = "finished" if done >= planned else f"in progress: {done} of {planned} epochs"
         same = ref.at_epoch(done) if ref else None
-        versus = f"{e['final_test_acc']:.2f} vs {same:.2f} at epoch {done}" if same is not None else (
-            "no course curve" if ref else "no course run")
-        curve = f"[plot](results/{name}/{CURVE}), [files](results/{name}/)" if (folder / CURVE).is_file() else f"[files](results/{name}/)"
-        rows.append(f"| `{name}` | {status} | {_pct(e['final_test_acc'])} | {_pct(e['best_test_acc'])} | {done}/{planned} | "
-                    f"{_duration(e['wall_seconds'])}{' (' + kind + ')' if kind else ''} | {_pct(e['course_test_acc'])} | {versus} | "
-                    f"{e['data']} | {e['machine']} | {e['date']} | `{e['commit']}` | {curve} |")
+        versus = (
+            f"{e['final_test_acc']:.2f} vs {same:.2f} at epoch {done}"
+            if same is not None
+            else ("no course curve" if ref else "no course run")
+        )
+        curve = (
+            f"[plot](results/{name}/{CURVE}), [files](results/{name}/)"
+            if (folder / CURVE).is_file()
+            else f"[files](results/{name}/)"
+        )
+        rows.append(
+            f"| `{name}` | {status} | {_pct(e['final_test_acc'])} | {_pct(e['best_test_acc'])} | {done}/{planned} | "
+            f"{_duration(e['wall_seconds'])}{' (' + kind + ')' if kind else ''} | {_pct(e['course_test_acc'])} | {versus} | "
+            f"{e['data']} | {e['machine']} | {e['date']} | `{e['commit']}` | {curve} |"
+        )
         if ref and ref.curve_note:
-            notes.append(f"`{name}`: the course's curve is {ref.curve_note}; it ended at {ref.curve_final:.2f}%, while the course's "
-                         f"figure for the recipe's settings is {ref.final:.2f}% (no per-epoch log published).")
+            notes.append(
+                f"`{name}`: the course's curve is {ref.curve_note}; it ended at {ref.curve_final:.2f}%, while the course's "
+                f"figure for the recipe's settings is {ref.final:.2f}% (no per-epoch log published)."
+            )
         if ref and not ref.curve:
-            notes.append(f"`{name}`: the course published no per-epoch log; only its final figure, {ref.final:.2f}%, is compared.")
+            notes.append(
+                f"`{name}`: the course published no per-epoch log; only its final figure, {ref.final:.2f}%, is compared."
+            )
     lines = [
         f"Generated by `tools/results.py` from docs/results.json and the run files in docs/results/<recipe>/. The course's figures "
         f"are its runs on {COURSE_SETUP}; vislab's are on the data and machine named in each row, so a gap mixes the recipe with "
-        "those differences. \"final\" is the last epoch's test accuracy; \"best\" is the highest over the epochs, picked on the "
-        "test split and therefore optimistic. \"time\" says what it covers: the whole `vislab train` command (data, range test, "
+        'those differences. "final" is the last epoch\'s test accuracy; "best" is the highest over the epochs, picked on the '
+        'test split and therefore optimistic. "time" says what it covers: the whole `vislab train` command (data, range test, '
         "epochs; not the report) when one process ran it all, otherwise the epochs' own seconds plus the LR range test.",
-        "", *rows, "",
+        "",
+        *rows,
+        "",
     ]
     if notes:
         lines += [f"- {n}" for n in notes] + [""]
@@ -174,28 +218,42 @@ def render_table(entries: list[dict[str, Any]], docs: Path) -> str:
 
 def render_readme_table(entries: list[dict[str, Any]]) -> str:
     by_recipe = {e["recipe"]: e for e in entries}
-    rows = ["| recipe | what it is | course's figure (canonical CIFAR-10, GPU) | vislab measured ([docs/results.md](docs/results.md)) |",
-            "|---|---|---|---|"]
+    rows = [
+        "| recipe | what it is | course's figure (canonical CIFAR-10, GPU) | vislab measured ([docs/results.md](docs/results.md)) |",
+        "|---|---|---|---|",
+    ]
     for name in list_recipes():
         ref, e = course_reference(name), by_recipe.get(name)
         title = recipe_info(name)["title"].rstrip(".")
         course = f"{ref.final:.2f}%" if ref else "none (vislab's own recipe)"
         measured = describe_result(e, ref) if e else "not recorded yet"
         rows.append(f"| `{name}`{' (default)' if name == DEFAULT_RECIPE else ''} | {title} | {course} | {measured} |")
-    done = [e["recipe"] for e in entries if e["course_test_acc"] is not None and e["final_test_acc"] >= e["course_test_acc"]]
-    rows += ["", "Recipes whose vislab run has reached the course's figure: " + (", ".join(f"`{n}`" for n in done) or "none yet") + "."]
+    done = [
+        e["recipe"] for e in entries if e["course_test_acc"] is not None and e["final_test_acc"] >= e["course_test_acc"]
+    ]
+    rows += [
+        "",
+        "Recipes whose vislab run has reached the course's figure: "
+        + (", ".join(f"`{n}`" for n in done) or "none yet")
+        + ".",
+    ]
     return "\n".join(rows) + "\n"
 
 
 def _markers(name: str) -> tuple[str, str]:
-    return f"<!-- BEGIN generated: {name} (tools/results.py; edit outside these markers) -->", f"<!-- END generated: {name} -->"
+    return (
+        f"<!-- BEGIN generated: {name} (tools/results.py; edit outside these markers) -->",
+        f"<!-- END generated: {name} -->",
+    )
 
 
 def replace_block(text: str, name: str, body: str, where: Path) -> str:
     begin, end = _markers(name)
     i, j = text.find(begin), text.find(end)
     if i < 0 or j < i:
-        raise ToolError(f"{where}: the markers of the generated {name!r} are missing; put the two lines\n{begin}\n{end}\nwhere it belongs.")
+        raise ToolError(
+            f"{where}: the markers of the generated {name!r} are missing; put the two lines\n{begin}\n{end}\nwhere it belongs."
+        )
     return text[: i + len(begin)] + "\n" + body + text[j:]
 
 
@@ -235,23 +293,33 @@ def stale(docs: Path, readme: Path, package: Path) -> list[str]:
     out = [str(p) for p, text in outputs(entries, docs, readme).items() if not p.is_file() or p.read_text() != text]
     if not package.is_file() or json.loads(package.read_text()) != entries:
         out.append(f"{package} (must equal {docs / 'results.json'})")
-    out += [f"{docs / 'results' / e['recipe'] / name} (missing)" for e in entries for name in ("metrics.jsonl", "config.yaml", CURVE)
-            if not (docs / "results" / e["recipe"] / name).is_file()]
+    out += [
+        f"{docs / 'results' / e['recipe'] / name} (missing)"
+        for e in entries
+        for name in ("metrics.jsonl", "config.yaml", CURVE)
+        if not (docs / "results" / e["recipe"] / name).is_file()
+    ]
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="tools/results.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="results run folders to record (finished or in progress)")
+    p.add_argument(
+        "run_dirs", nargs="*", metavar="RUN_DIR", help="results run folders to record (finished or in progress)"
+    )
     p.add_argument("--commit", help="commit the runs were started from (required with RUN_DIRs)")
     p.add_argument("--machine", help="machine text (default: summary.json's CPU/GPU name and torch version)")
     p.add_argument("--data", help="data text (default: the run's data name and image counts)")
     p.add_argument("--date", help="YYYY-MM-DD (default: when the run's last epoch was written)")
     p.add_argument("--recipe", help="the recipe of a single RUN_DIR, when its files do not tell")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a generated file is out of date")
-    p.add_argument("--docs", type=Path, default=ROOT / "docs", help=argparse.SUPPRESS)  # tests point these at a temporary tree
+    p.add_argument(
+        "--docs", type=Path, default=ROOT / "docs", help=argparse.SUPPRESS
+    )  # tests point these at a temporary tree
     p.add_argument("--readme", type=Path, default=ROOT / "README.md", help=argparse.SUPPRESS)
-    p.add_argument("--package", type=Path, default=ROOT / "src" / "vislab" / "recipes" / "results.json", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--package", type=Path, default=ROOT / "src" / "vislab" / "recipes" / "results.json", help=argparse.SUPPRESS
+    )
     args = p.parse_args(argv)
     try:
         if args.check:
@@ -264,14 +332,18 @@ def main(argv: list[str] | None = None) -> int:
                 print("regenerate with: python tools/results.py", file=sys.stderr)
             return 1 if bad else 0
         if args.run_dirs and not args.commit:
-            raise ToolError("--commit SHA is required with RUN_DIRs: the commit each run was started from (e.g. --commit da73bf0).")
+            raise ToolError(
+                "--commit SHA is required with RUN_DIRs: the commit each run was started from (e.g. --commit da73bf0)."
+            )
         if args.recipe and len(args.run_dirs) != 1:
             raise ToolError(f"--recipe names the recipe of one RUN_DIR; {len(args.run_dirs)} were given.")
         if args.date and not _is_date(args.date):
             raise ToolError(f"--date = {args.date!r}: give the date as YYYY-MM-DD.")
         entries = {e["recipe"]: e for e in load_entries(args.docs)}
         for run_dir in map(Path, args.run_dirs):
-            e = entry_from_run(run_dir, commit=args.commit, machine=args.machine, data=args.data, date=args.date, recipe=args.recipe)
+            e = entry_from_run(
+                run_dir, commit=args.commit, machine=args.machine, data=args.data, date=args.date, recipe=args.recipe
+            )
             copy_run_files(run_dir, args.docs / "results" / e["recipe"])
             entries[e["recipe"]] = e
             print(f"{e['recipe']}: {describe_result(e, course_reference(e['recipe']))}")

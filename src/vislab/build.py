@@ -16,6 +16,7 @@ from .config import Config, OptimConfig, SchedConfig
 from .engine import DeviceLoader, DistInfo
 from .errors import ConfigError
 
+SINGLE_PROCESS = DistInfo()  # rank 0 of 1: a run outside torchrun (frozen, so safe as a default)
 # Devices whose tensors torch's SyncBatchNorm accepts during training.
 SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
 
@@ -45,8 +46,13 @@ def augment_spec(cfg: Config):
 
     a = cfg.augment
     return AugmentSpec(
-        crop_pad=a.crop_pad, pad_mode=a.pad_mode, flip_p=a.flip_p, rotate_deg=a.rotate_deg,
-        cutout_size=(a.cutout_size, a.cutout_size), cutout_p=a.cutout_p, cutout_fill=a.cutout_fill,
+        crop_pad=a.crop_pad,
+        pad_mode=a.pad_mode,
+        flip_p=a.flip_p,
+        rotate_deg=a.rotate_deg,
+        cutout_size=(a.cutout_size, a.cutout_size),
+        cutout_p=a.cutout_p,
+        cutout_fill=a.cutout_fill,
     )
 
 
@@ -54,8 +60,13 @@ def data_kwargs(cfg: Config) -> dict[str, Any]:
     """`load_dataset` keywords of the data section (besides its name and root)."""
     d = cfg.data
     return dict(
-        train_size=d.train_size, test_size=d.test_size, download=d.download, cache_dir=d.cache_dir,
-        image_size=d.image_size, val_size=d.val_size, val_seed=d.val_seed,
+        train_size=d.train_size,
+        test_size=d.test_size,
+        download=d.download,
+        cache_dir=d.cache_dir,
+        image_size=d.image_size,
+        val_size=d.val_size,
+        val_seed=d.val_seed,
     )
 
 
@@ -74,7 +85,9 @@ def load_data(cfg: Config, dataset=None, root: str | None = None):
 
 def optimizer_kwargs(o: OptimConfig) -> dict[str, Any]:
     """`create_optimizer` keywords of the optim section."""
-    return dict(name=o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas)
+    return dict(
+        name=o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas
+    )
 
 
 def range_test_optimizer_kwargs(cfg: Config, start_lr: float) -> dict[str, Any]:
@@ -87,7 +100,9 @@ def range_test_optimizer_kwargs(cfg: Config, start_lr: float) -> dict[str, Any]:
     return kwargs
 
 
-def build_lr_finder(cfg: Config, model: nn.Module, train_loader, generator, device: torch.device, precision, channels_last: bool):
+def build_lr_finder(
+    cfg: Config, model: nn.Module, train_loader, generator, device: torch.device, precision, channels_last: bool
+):
     """An LRFinder with the config's optimizer (at the momentum training will use at the suggested LR) and loss settings."""
     from .engine import create_optimizer
     from .tuner import LRFinder
@@ -97,8 +112,18 @@ def build_lr_finder(cfg: Config, model: nn.Module, train_loader, generator, devi
     # The sweep sets every step's LR itself; the optimizer's own LR is never used.
     optimizer = create_optimizer(model, **range_test_optimizer_kwargs(cfg, f.start_lr))
     return LRFinder(
-        model, optimizer, train_loader, device=device, precision=precision, channels_last=channels_last, generator=generator,
-        label_smoothing=o.label_smoothing, l1=o.l1, grad_clip=o.grad_clip, progress=cfg.trainer.progress, suggestion=suggestion,
+        model,
+        optimizer,
+        train_loader,
+        device=device,
+        precision=precision,
+        channels_last=channels_last,
+        generator=generator,
+        label_smoothing=o.label_smoothing,
+        l1=o.l1,
+        grad_clip=o.grad_clip,
+        progress=cfg.trainer.progress,
+        suggestion=suggestion,
     )
 
 
@@ -113,8 +138,15 @@ def range_test_kwargs(cfg: Config, val_loader) -> dict[str, Any]:
             f"{cfg.trainer.eval_batch_size or 2 * cfg.trainer.batch_size}), or use lr_find.measure=loss."
         )
     return dict(
-        start_lr=f.start_lr, end_lr=f.end_lr, num_iter=f.num_iter, mode=f.mode, smooth_f=f.smooth_f, diverge_th=f.diverge_th,
-        val_loader=val_loader if f.measure != "loss" else None, val_batches=f.val_batches, accuracy=f.measure == "accuracy",
+        start_lr=f.start_lr,
+        end_lr=f.end_lr,
+        num_iter=f.num_iter,
+        mode=f.mode,
+        smooth_f=f.smooth_f,
+        diverge_th=f.diverge_th,
+        val_loader=val_loader if f.measure != "loss" else None,
+        val_batches=f.val_batches,
+        accuracy=f.measure == "accuracy",
     )
 
 
@@ -122,7 +154,9 @@ def check_distributed(cfg: Config, dist: DistInfo, device: torch.device) -> None
     """Refuse, before any folder exists, what a torchrun job of `dist.world_size` processes on `device` cannot run."""
     t = cfg.trainer
     if not t.drop_last:
-        raise ConfigError("trainer.drop_last = false is not supported under torchrun: a short last batch would split unevenly across the ranks.")
+        raise ConfigError(
+            "trainer.drop_last = false is not supported under torchrun: a short last batch would split unevenly across the ranks."
+        )
     if t.batch_size % dist.world_size:
         raise ConfigError(
             f"trainer.batch_size = {t.batch_size} must be divisible by the {dist.world_size} processes of the torchrun job "
@@ -141,10 +175,25 @@ def check_distributed(cfg: Config, dist: DistInfo, device: torch.device) -> None
 def scheduler_kwargs(s: SchedConfig) -> dict[str, Any]:
     """`create_scheduler` keywords of the sched section (epochs and steps per epoch come from the run)."""
     return dict(
-        name=s.name, max_lr=s.max_lr, peak_epoch=s.peak_epoch, peak_fraction=s.peak_fraction, div_factor=s.div_factor,
-        final_div_factor=s.final_div_factor, anneal=s.anneal, cycle_momentum=s.cycle_momentum, base_momentum=s.base_momentum,
-        max_momentum=s.max_momentum, monitor=s.monitor, mode=s.mode, factor=s.factor, patience=s.patience,
-        threshold=s.threshold, threshold_mode=s.threshold_mode, min_lr=s.min_lr, step_size=s.step_size, gamma=s.gamma,
+        name=s.name,
+        max_lr=s.max_lr,
+        peak_epoch=s.peak_epoch,
+        peak_fraction=s.peak_fraction,
+        div_factor=s.div_factor,
+        final_div_factor=s.final_div_factor,
+        anneal=s.anneal,
+        cycle_momentum=s.cycle_momentum,
+        base_momentum=s.base_momentum,
+        max_momentum=s.max_momentum,
+        monitor=s.monitor,
+        mode=s.mode,
+        factor=s.factor,
+        patience=s.patience,
+        threshold=s.threshold,
+        threshold_mode=s.threshold_mode,
+        min_lr=s.min_lr,
+        step_size=s.step_size,
+        gamma=s.gamma,
     )
 
 
@@ -153,10 +202,21 @@ def _albu_common(cfg: Config, device: torch.device, seed: int, dist: DistInfo) -
     if workers is None:
         # The processes of a torchrun job on one machine share its cores: N ranks x all cores would oversubscribe N-fold.
         workers = max(1, (os.cpu_count() or 1) // dist.local_world_size)
-    return dict(num_workers=workers, seed=seed, pin_memory=device.type == "cuda", rank=dist.rank, world_size=dist.world_size)
+    return dict(
+        num_workers=workers, seed=seed, pin_memory=device.type == "cuda", rank=dist.rank, world_size=dist.world_size
+    )
 
 
-def _eval_loader(cfg: Config, ds, x: torch.Tensor, y: torch.Tensor, device: torch.device, channels_last: bool, seed: int, dist: DistInfo):
+def _eval_loader(
+    cfg: Config,
+    ds,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    channels_last: bool,
+    seed: int,
+    dist: DistInfo,
+):
     """Normalized, unaugmented, unshuffled batches of (x, y), sharded over the ranks under DDP."""
     t = cfg.trainer
     eval_bs = t.eval_batch_size or 2 * t.batch_size
@@ -164,16 +224,33 @@ def _eval_loader(cfg: Config, ds, x: torch.Tensor, y: torch.Tensor, device: torc
         from .augment import TensorAugment
 
         aug = TensorAugment(augment_spec(cfg), ds.mean, ds.std, channels_last=channels_last)
-        return DeviceLoader(x.to(device), y.to(device), eval_bs, lambda b, g: aug.normalize_only(b), rank=dist.rank, world_size=dist.world_size)
+        return DeviceLoader(
+            x.to(device),
+            y.to(device),
+            eval_bs,
+            lambda b, g: aug.normalize_only(b),
+            rank=dist.rank,
+            world_size=dist.world_size,
+        )
     from .augment import albumentations_loader
 
     per_rank = max(1, eval_bs // dist.world_size)
     return albumentations_loader(
-        x, y, augment_spec(cfg), ds.mean, ds.std, batch_size=per_rank, shuffle=False, train=False, **_albu_common(cfg, device, seed, dist)
+        x,
+        y,
+        augment_spec(cfg),
+        ds.mean,
+        ds.std,
+        batch_size=per_rank,
+        shuffle=False,
+        train=False,
+        **_albu_common(cfg, device, seed, dist),
     )
 
 
-def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, seed: int, dist: DistInfo = DistInfo()):
+def build_loaders(
+    cfg: Config, ds, device: torch.device, channels_last: bool, seed: int, dist: DistInfo = SINGLE_PROCESS
+):
     """(train_loader, test_loader, generator whose state drives all data randomness).
 
     Under DDP every rank draws the same global order from the same seed and takes its share of
@@ -191,27 +268,45 @@ def build_loaders(cfg: Config, ds, device: torch.device, channels_last: bool, se
         aug = TensorAugment(spec, ds.mean, ds.std, channels_last=channels_last)
         train_x, train_y = ds.train_x.to(device), ds.train_y.to(device)
         train = DeviceLoader(
-            train_x, train_y, t.batch_size, aug, shuffle=True, drop_last=t.drop_last, generator=gen, rank=dist.rank, world_size=dist.world_size
+            train_x,
+            train_y,
+            t.batch_size,
+            aug,
+            shuffle=True,
+            drop_last=t.drop_last,
+            generator=gen,
+            rank=dist.rank,
+            world_size=dist.world_size,
         )
         return train, test, gen
     from .augment import albumentations_loader
 
     per_rank = t.batch_size // dist.world_size
     train = albumentations_loader(
-        ds.train_x, ds.train_y, spec, ds.mean, ds.std, batch_size=per_rank, shuffle=True, train=True, drop_last=t.drop_last,
+        ds.train_x,
+        ds.train_y,
+        spec,
+        ds.mean,
+        ds.std,
+        batch_size=per_rank,
+        shuffle=True,
+        train=True,
+        drop_last=t.drop_last,
         **_albu_common(cfg, device, seed, dist),
     )
     return train, test, getattr(train, "generator", None)
 
 
-def build_val_loader(cfg: Config, ds, device: torch.device, channels_last: bool, seed: int, dist: DistInfo = DistInfo()):
+def build_val_loader(
+    cfg: Config, ds, device: torch.device, channels_last: bool, seed: int, dist: DistInfo = SINGLE_PROCESS
+):
     """Batches of the validation split held out of train (data.val_size), or None without one."""
     if ds.val_x is None:
         return None
     return _eval_loader(cfg, ds, ds.val_x, ds.val_y, device, channels_last, seed, dist)
 
 
-def build_training(cfg: Config, ds, device: torch.device, channels_last: bool, dist: DistInfo = DistInfo()):
+def build_training(cfg: Config, ds, device: torch.device, channels_last: bool, dist: DistInfo = SINGLE_PROCESS):
     """Seeded model and loaders, exactly as training starts: (model, train_loader, test_loader, val_loader or None, generator)."""
     from .env import seed_everything
 

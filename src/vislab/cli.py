@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 import textwrap
-from typing import Sequence
+from collections.abc import Sequence
 
-from .version import __version__
 from .errors import Interrupted, VislabError
+from .version import __version__
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -41,8 +41,12 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
     except RangeTestError as e:
         raise RangeTestError(f"{e} The measured sweep is in {finder.run_dir}.") from None
     lo, hi = s["onecycle"]
-    print(f"chosen lr {s['chosen']:.3g} ({s['method']}); {r['steps']} of {r['num_iter']} steps ({r['stop_reason']}) in {r['seconds']:.1f} s")
-    print(f"suggestions: valley {s['valley']:.3g}, steepest {s['steepest']:.3g}, min_loss_div10 {s['min_loss_div10']:.3g}, onecycle {lo:.3g} .. {hi:.3g}")
+    print(
+        f"chosen lr {s['chosen']:.3g} ({s['method']}); {r['steps']} of {r['num_iter']} steps ({r['stop_reason']}) in {r['seconds']:.1f} s"
+    )
+    print(
+        f"suggestions: valley {s['valley']:.3g}, steepest {s['steepest']:.3g}, min_loss_div10 {s['min_loss_div10']:.3g}, onecycle {lo:.3g} .. {hi:.3g}"
+    )
     for w in s["warnings"]:
         print(f"warning: {w}")
     print(f"to train with it: {_lr_override(args, s['chosen'])}")
@@ -94,7 +98,9 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
             course = f"course's figure: {info['course']:.2f}% test accuracy ({COURSE_SETUP})"
             print(textwrap.indent(textwrap.fill(course, 88, subsequent_indent="  "), "  "))
         measured = info["measured"]
-        line = describe_result(measured, course_reference(name)) if measured else "no recorded run yet (docs/results.md)"
+        line = (
+            describe_result(measured, course_reference(name)) if measured else "no recorded run yet (docs/results.md)"
+        )
         print(textwrap.indent(textwrap.fill(f"vislab measured: {line}", 88, subsequent_indent="  "), "  "))
     return 0
 
@@ -102,7 +108,12 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 def _cmd_summary(args: argparse.Namespace) -> int:
     from .models import create_model, model_summary
 
-    model = create_model(args.model, num_classes=args.num_classes, **({"norm": args.norm} if args.norm else {}), **({"width": args.width} if args.width else {}))
+    model = create_model(
+        args.model,
+        num_classes=args.num_classes,
+        **({"norm": args.norm} if args.norm else {}),
+        **({"width": args.width} if args.width else {}),
+    )
     print(model_summary(model, (1, 3, args.image_size, args.image_size), depth=args.depth))
     return 0
 
@@ -117,12 +128,32 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     setup_logging()
     out = Path(args.out or f"runs/bench-{datetime.now():%Y%m%d-%H%M%S}")
     # The command as given, for bench.json (main() may be called with an argv other than sys.argv).
-    given = {"--quick": args.quick, "--out": args.out, "--device": None if args.device == "auto" else args.device, "--repeats": args.repeats,
-             "--workers": args.workers, "--compile": args.compile, "--no-recipes": args.no_recipes, "--data-root": args.data_root, "--size": args.size}
-    command = " ".join(["vislab bench", *(k if v is True else f"{k} {v}" for k, v in given.items() if v is not None and v is not False)])
+    given = {
+        "--quick": args.quick,
+        "--out": args.out,
+        "--device": None if args.device == "auto" else args.device,
+        "--repeats": args.repeats,
+        "--workers": args.workers,
+        "--compile": args.compile,
+        "--no-recipes": args.no_recipes,
+        "--data-root": args.data_root,
+        "--size": args.size,
+    }
+    command = " ".join(
+        [
+            "vislab bench",
+            *(k if v is True else f"{k} {v}" for k, v in given.items() if v is not None and v is not False),
+        ]
+    )
     report = run_bench(
-        out, size=args.size or ("quick" if args.quick else "full"), device=args.device, repeats=args.repeats, workers=args.workers,
-        compile_model=args.compile, recipes=not args.no_recipes, data_root=args.data_root,
+        out,
+        size=args.size or ("quick" if args.quick else "full"),
+        device=args.device,
+        repeats=args.repeats,
+        workers=args.workers,
+        compile_model=args.compile,
+        recipes=not args.no_recipes,
+        data_root=args.data_root,
         command=command,
     )
     print(format_table(report))
@@ -131,64 +162,117 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vislab", description="Fast, tested image-classification experiments on CIFAR-10-class data.")
+    p = argparse.ArgumentParser(
+        prog="vislab", description="Fast, tested image-classification experiments on CIFAR-10-class data."
+    )
     p.add_argument("--version", action="version", version=f"vislab {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a recipe (default: quick)", description="Train a recipe or YAML config; prints the run folder at the end.")
-    t.add_argument("recipe", nargs="?", help="recipe name (see `vislab recipes`) or path of a YAML config; default: quick")
-    t.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value, e.g. --set optim.lr=0.1 (repeatable)")
+    t = sub.add_parser(
+        "train",
+        help="train a recipe (default: quick)",
+        description="Train a recipe or YAML config; prints the run folder at the end.",
+    )
+    t.add_argument(
+        "recipe", nargs="?", help="recipe name (see `vislab recipes`) or path of a YAML config; default: quick"
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=0.1 (repeatable)",
+    )
     t.add_argument("--out", help="run folder (default: runs/<recipe>-<YYYYmmdd-HHMMSS>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an earlier run from its last checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing --out folder instead of writing beside it")
-    t.add_argument("--no-report", action="store_true", help="skip report.md / report.html at the end (same as --set trainer.report=false)")
+    t.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out folder instead of writing beside it"
+    )
+    t.add_argument(
+        "--no-report",
+        action="store_true",
+        help="skip report.md / report.html at the end (same as --set trainer.report=false)",
+    )
     t.set_defaults(func=_cmd_train)
 
     f = sub.add_parser(
-        "lr-find", help="LR range test of a recipe",
+        "lr-find",
+        help="LR range test of a recipe",
         description="Leslie Smith's LR range test on a recipe's model, optimizer, data, augmentation and precision "
         "(settings: the lr_find section). Prints the chosen LR and the folder holding lr_find.json and lr_find.png.",
     )
-    f.add_argument("recipe", nargs="?", help="recipe name (see `vislab recipes`) or path of a YAML config; default: quick")
-    f.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value, e.g. --set lr_find.num_iter=200 (repeatable)")
+    f.add_argument(
+        "recipe", nargs="?", help="recipe name (see `vislab recipes`) or path of a YAML config; default: quick"
+    )
+    f.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set lr_find.num_iter=200 (repeatable)",
+    )
     f.add_argument("--out", help="output folder (default: runs/lr-find-<recipe>-<YYYYmmdd-HHMMSS>)")
     f.set_defaults(func=_cmd_lr_find)
 
     r = sub.add_parser(
-        "recipes", help="list the shipped recipes, or print one",
+        "recipes",
+        help="list the shipped recipes, or print one",
         description="List the recipes shipped with vislab; with NAME, print that recipe's YAML to start your own config from "
         "(`vislab recipes quick > my.yaml`, then `vislab train my.yaml`). A YAML file may also start with `recipe: NAME` "
         "and hold only the keys it changes in that recipe.",
     )
     r.add_argument("name", nargs="?", metavar="NAME", help="a recipe to print as YAML (its comment header included)")
-    r.add_argument("-v", "--verbose", action="store_true",
-                   help="also print each recipe's description, the course's figure and vislab's measured one (docs/results.json)")
+    r.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print each recipe's description, the course's figure and vislab's measured one (docs/results.json)",
+    )
     r.set_defaults(func=_cmd_recipes)
 
-    s = sub.add_parser("summary", help="print a model's layer table", description="Layer table, output shapes and parameter counts (torchinfo).")
+    s = sub.add_parser(
+        "summary",
+        help="print a model's layer table",
+        description="Layer table, output shapes and parameter counts (torchinfo).",
+    )
     s.add_argument("model", help="model name, e.g. resnet18")
     s.add_argument("--num-classes", type=int, default=10, help="size of the classifier's output (default 10)")
-    s.add_argument("--norm", choices=["batch", "group", "layer"], help="normalization layers (default: the model's own)")
+    s.add_argument(
+        "--norm", choices=["batch", "group", "layer"], help="normalization layers (default: the model's own)"
+    )
     s.add_argument("--width", type=float, help="channel-width multiplier, e.g. 0.25 (default: the model's own)")
     s.add_argument("--image-size", type=int, default=32, help="height and width of the input images (default 32)")
     s.add_argument("--depth", type=int, default=3, help="nesting depth of the layer table (default 3)")
     s.set_defaults(func=_cmd_summary)
 
     b = sub.add_parser(
-        "bench", help="benchmark vislab against the course-style pipeline",
+        "bench",
+        help="benchmark vislab against the course-style pipeline",
         description="Measure, side by side in one process: augmentation (tensor vs albumentations backend), training "
         "(vislab engine vs a course-style DataLoader + albumentations + fp32 loop), the engine's overhead, evaluation, "
         "Grad-CAM and the LR range test; on CUDA also the resnet9-onecycle and resnet18-bn recipes. Prints a table and "
         "writes bench.json (medians of the repeats, ratios, machine, versions, load average).",
     )
-    b.add_argument("--quick", action="store_true", help="fewer images, steps and repeats: a few minutes on a 2-core CPU")
+    b.add_argument(
+        "--quick", action="store_true", help="fewer images, steps and repeats: a few minutes on a 2-core CPU"
+    )
     b.add_argument("--out", help="output folder for bench.json (default: runs/bench-<YYYYmmdd-HHMMSS>)")
     b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    b.add_argument("--repeats", type=int, help="timed repeats per figure, the median is reported (default: 3 quick, 5 full)")
-    b.add_argument("--workers", type=int, help="DataLoader workers of the albumentations and course pipelines (default: CPU count)")
-    b.add_argument("--compile", action="store_true", help="also time the vislab engine on a torch.compile'd model (slow start)")
-    b.add_argument("--no-recipes", action="store_true", help="on CUDA, skip training the resnet9-onecycle and resnet18-bn recipes")
-    b.add_argument("--data-root", help="CIFAR-10 for the CUDA recipe runs: an imagefolder root or a folder holding the archive")
+    b.add_argument(
+        "--repeats", type=int, help="timed repeats per figure, the median is reported (default: 3 quick, 5 full)"
+    )
+    b.add_argument(
+        "--workers", type=int, help="DataLoader workers of the albumentations and course pipelines (default: CPU count)"
+    )
+    b.add_argument(
+        "--compile", action="store_true", help="also time the vislab engine on a torch.compile'd model (slow start)"
+    )
+    b.add_argument(
+        "--no-recipes", action="store_true", help="on CUDA, skip training the resnet9-onecycle and resnet18-bn recipes"
+    )
+    b.add_argument(
+        "--data-root", help="CIFAR-10 for the CUDA recipe runs: an imagefolder root or a folder holding the archive"
+    )
     b.add_argument("--size", choices=["full", "quick", "tiny"], help=argparse.SUPPRESS)  # "tiny": the tests' smoke size
     b.set_defaults(func=_cmd_bench)
 

@@ -7,9 +7,9 @@ import os
 import platform
 import random
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -55,8 +55,11 @@ def versions() -> dict[str, str]:
     import albumentations
 
     return {
-        "vislab": __version__, "torch": torch.__version__, "numpy": np.__version__,
-        "albumentations": albumentations.__version__, "python": platform.python_version(),
+        "vislab": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "albumentations": albumentations.__version__,
+        "python": platform.python_version(),
     }
 
 

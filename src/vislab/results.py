@@ -23,8 +23,17 @@ COURSE_FILE = "course.json"  # the course's per-epoch test accuracy, copied once
 RESULTS_FILE = "results.json"  # vislab's measured figures: a copy of docs/results.json (a test keeps them equal)
 # The keys of every measured entry, in this order (docs/results.json and the package copy).
 RESULT_KEYS = (
-    "recipe", "epochs_done", "epochs_planned", "final_test_acc", "best_test_acc", "wall_seconds", "machine", "data", "date",
-    "commit", "course_test_acc",
+    "recipe",
+    "epochs_done",
+    "epochs_planned",
+    "final_test_acc",
+    "best_test_acc",
+    "wall_seconds",
+    "machine",
+    "data",
+    "date",
+    "commit",
+    "course_test_acc",
 )
 COURSE_SETUP = "canonical CIFAR-10 (50,000 train / 10,000 test images) on a Colab GPU"
 
@@ -32,13 +41,18 @@ COURSE_SETUP = "canonical CIFAR-10 (50,000 train / 10,000 test images) on a Cola
 # LayerNorm write-up logged only its patience-10 attempt; the recipe follows the patience-2 one.
 _CURVE_VARIANTS = {
     "patience10": "the course's patience-10 attempt (ReduceLROnPlateau patience 10), unlike the recipe's patience 2: the two curves "
-                  "compare unlike runs",
+    "compare unlike runs",
 }
 
 # Settings that say where and how a run ran, not what it computed: ignored when a run's config is
 # matched against a recipe. The data section is reported on its own (the data column).
 _WHERE_NOT_WHAT = {
-    "trainer.device", "trainer.progress", "trainer.report", "trainer.compile", "trainer.eval_batch_size", "augment.workers",
+    "trainer.device",
+    "trainer.progress",
+    "trainer.report",
+    "trainer.compile",
+    "trainer.eval_batch_size",
+    "augment.workers",
 }
 _HEADER_RECIPE = re.compile(r"^# vislab \S+ resolved config of recipe '([^']+)'", re.MULTILINE)
 
@@ -73,8 +87,14 @@ def course_references() -> dict[str, CourseReference]:
         for variant, text in _CURVE_VARIANTS.items():
             if not curve and f"test_acc_{variant}" in d:
                 curve, curve_final, note = d[f"test_acc_{variant}"], d[f"final_{variant}"], text
-        refs[recipe] = CourseReference(recipe, float(d["final"]), d["settings"], tuple(float(v) for v in curve),
-                                       float(curve_final) if curve else None, note)
+        refs[recipe] = CourseReference(
+            recipe,
+            float(d["final"]),
+            d["settings"],
+            tuple(float(v) for v in curve),
+            float(curve_final) if curve else None,
+            note,
+        )
     return refs
 
 
@@ -107,12 +127,16 @@ def describe_result(entry: Mapping[str, Any], course: CourseReference | None = N
     done, planned = entry["epochs_done"], entry["epochs_planned"]
     where = f"{entry['data']}, {entry['machine']}, {entry['date']}"
     if done >= planned:
-        return (f"{entry['final_test_acc']:.2f}% final, best {entry['best_test_acc']:.2f}% ({done}/{planned} epochs, "
-                f"{entry['wall_seconds']:,.0f} s) on {where}")
+        return (
+            f"{entry['final_test_acc']:.2f}% final, best {entry['best_test_acc']:.2f}% ({done}/{planned} epochs, "
+            f"{entry['wall_seconds']:,.0f} s) on {where}"
+        )
     same = course.at_epoch(done) if course else None
     beside = f"; the course had {same:.2f}% at epoch {done}" if same is not None else ""
-    return (f"{entry['final_test_acc']:.2f}% at epoch {done} of {planned} (run not finished{beside}; "
-            f"{entry['wall_seconds']:,.0f} s so far) on {where}")
+    return (
+        f"{entry['final_test_acc']:.2f}% at epoch {done} of {planned} (run not finished{beside}; "
+        f"{entry['wall_seconds']:,.0f} s so far) on {where}"
+    )
 
 
 # --- what a run ran and on what -------------------------------------------------------------------------------
@@ -159,7 +183,9 @@ def recipe_differences(config: Config, recipe: Config) -> list[str]:
     return out
 
 
-def run_recipe(config: Config, config_text: str, summary: Mapping[str, Any] | None, recipes: Mapping[str, Config]) -> tuple[str | None, str]:
+def run_recipe(
+    config: Config, config_text: str, summary: Mapping[str, Any] | None, recipes: Mapping[str, Config]
+) -> tuple[str | None, str]:
     """(recipe, how it was found) for a run folder, among `recipes` (name -> today's config); (None, why not) when it cannot be told.
 
     summary.json's "recipe" and config.yaml's header name the recipe a run started from, but a
@@ -178,7 +204,10 @@ def run_recipe(config: Config, config_text: str, summary: Mapping[str, Any] | No
     for name, where in named:
         if name in recipes:
             return name, f"named in {where}"
-    said = "; ".join(f"{where} names {name!r}" for name, where in named) or "neither summary.json nor config.yaml names a recipe"
+    said = (
+        "; ".join(f"{where} names {name!r}" for name, where in named)
+        or "neither summary.json nor config.yaml names a recipe"
+    )
     return None, f"{said}, which is not a shipped recipe, and its config matches none of them"
 
 
@@ -192,13 +221,21 @@ def course_label(ref: CourseReference) -> str:
 def plot_course_curve(ref: CourseReference, ax: Axes) -> Figure:
     """Draw the course's per-epoch test accuracy onto `ax` (black, dashed); returns the axes' figure."""
     if ref.curve:
-        ax.plot(range(1, len(ref.curve) + 1), ref.curve, ls="--", marker=".", ms=3, color="#000000",
-                label=f"{course_label(ref)}, {ref.recipe} (GPU, canonical CIFAR-10)")
+        ax.plot(
+            range(1, len(ref.curve) + 1),
+            ref.curve,
+            ls="--",
+            marker=".",
+            ms=3,
+            color="#000000",
+            label=f"{course_label(ref)}, {ref.recipe} (GPU, canonical CIFAR-10)",
+        )
     return ax.figure
 
 
-def plot_vs_course(history: Sequence[Mapping[str, Any]], ref: CourseReference | None, ax: Axes | None = None,
-                   label: str = "vislab") -> Figure:
+def plot_vs_course(
+    history: Sequence[Mapping[str, Any]], ref: CourseReference | None, ax: Axes | None = None, label: str = "vislab"
+) -> Figure:
     """vislab's per-epoch test accuracy beside the course's (when a curve was published)."""
     from matplotlib.figure import Figure
 

@@ -10,19 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .build import (
+    build_lr_finder,
     build_training,
+    check_distributed,
     load_data,
     optimizer_kwargs,
-    build_lr_finder,
-    check_distributed,
     range_test_kwargs,
     scheduler_kwargs,
 )
@@ -53,8 +54,16 @@ from .env import determinism, device_name, setup_logging, versions
 from .errors import ConfigError, Interrupted, VislabError
 from .files import atomic_write_text, write_jsonl
 from .rundir import (
-    CHECKPOINTS_DIR, CONFIG_FILE, LR_STEPS_FILE, METRICS_FILE, SUMMARY_FILE, check_writable, new_run_dir, read_resume_config,
-    run_html, run_repr,
+    CHECKPOINTS_DIR,
+    CONFIG_FILE,
+    LR_STEPS_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    check_writable,
+    new_run_dir,
+    read_resume_config,
+    run_html,
+    run_repr,
 )
 from .version import __version__
 
@@ -85,7 +94,9 @@ class Run:
         return run_html("Run", self.run_dir, self.config, self.history)
 
 
-def _summary(run_dir: Path, name: str, cfg: Config, trainer: Trainer, device, precision, channels_last, started: float, ds, model) -> dict[str, Any]:
+def _summary(
+    run_dir: Path, name: str, cfg: Config, trainer: Trainer, device, precision, channels_last, started: float, ds, model
+) -> dict[str, Any]:
     hist = trainer.history
     return {
         "recipe": name,
@@ -105,8 +116,11 @@ def _summary(run_dir: Path, name: str, cfg: Config, trainer: Trainer, device, pr
         "threads": torch.get_num_threads(),
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "dataset": {
-            "name": ds.name, "train_images": int(ds.train_x.shape[0]), "val_images": 0 if ds.val_y is None else int(ds.val_y.shape[0]),
-            "test_images": int(ds.test_x.shape[0]), "classes": ds.classes,
+            "name": ds.name,
+            "train_images": int(ds.train_x.shape[0]),
+            "val_images": 0 if ds.val_y is None else int(ds.val_y.shape[0]),
+            "test_images": int(ds.test_x.shape[0]),
+            "classes": ds.classes,
         },
         "versions": versions(),
     }
@@ -119,7 +133,9 @@ def _auto_fields(cfg: Config) -> list[str]:
     return fields
 
 
-def _range_test(cfg: Config, model: nn.Module, train_loader, val_loader, gen, device: torch.device, precision, channels_last: bool) -> "LRFinder":
+def _range_test(
+    cfg: Config, model: nn.Module, train_loader, val_loader, gen, device: torch.device, precision, channels_last: bool
+) -> LRFinder:
     """The config's LR range test (section lr_find) with the config's optimizer; state is restored after."""
     finder = build_lr_finder(cfg, model, train_loader, gen, device, precision, channels_last)
     finder.range_test(**range_test_kwargs(cfg, val_loader))
@@ -131,7 +147,7 @@ def _format_suggestions(s: dict[str, Any]) -> str:
     return f"valley {s['valley']:.3g}, steepest {s['steepest']:.3g}, min_loss_div10 {s['min_loss_div10']:.3g}, onecycle {lo:.3g} .. {hi:.3g}"
 
 
-def _resolve_auto_lr(cfg: Config, fields: list[str], finder: "LRFinder") -> float:
+def _resolve_auto_lr(cfg: Config, fields: list[str], finder: LRFinder) -> float:
     """Put the range test's chosen LR into the `auto` fields of `cfg`; a flat or too short sweep is an error."""
     from .tuner import RangeTestError
 
@@ -149,7 +165,13 @@ def _resolve_auto_lr(cfg: Config, fields: list[str], finder: "LRFinder") -> floa
         cfg.optim.lr = lr
     if "sched.max_lr" in fields:
         cfg.sched.max_lr = lr
-    log.info("%s = auto -> %.4g (%s suggestion of the LR range test; %s)", " and ".join(fields), lr, s["method"], _format_suggestions(s))
+    log.info(
+        "%s = auto -> %.4g (%s suggestion of the LR range test; %s)",
+        " and ".join(fields),
+        lr,
+        s["method"],
+        _format_suggestions(s),
+    )
     return lr
 
 
@@ -160,7 +182,7 @@ def lr_find(
     *,
     save: bool = False,
     dataset=None,
-) -> "LRFinder":
+) -> LRFinder:
     """The LR range test of a recipe (its lr_find section) on its model, optimizer, data, augmentation and precision.
 
     Returns the `vislab.tuner.LRFinder` (`.results`, `.suggestion()`, `.plot()`). With `out` or
@@ -182,8 +204,16 @@ def lr_find(
         model, train_loader, _, val_loader, gen = build_training(cfg, ds, device, channels_last)
         log.info(
             "LR range test of %s: %s on %s (%s, %s, channels_last=%s), %s optimizer, lr %.3g..%.3g over %d steps",
-            name, cfg.model.name, ds.name, device_name(device), precision.name, channels_last, cfg.optim.name,
-            cfg.lr_find.start_lr, cfg.lr_find.end_lr, cfg.lr_find.num_iter,
+            name,
+            cfg.model.name,
+            ds.name,
+            device_name(device),
+            precision.name,
+            channels_last,
+            cfg.optim.name,
+            cfg.lr_find.start_lr,
+            cfg.lr_find.end_lr,
+            cfg.lr_find.num_iter,
         )
         finder = _range_test(cfg, model, train_loader, val_loader, gen, device, precision, channels_last)
     if run_dir is not None:
@@ -226,12 +256,16 @@ def train(
         name, cfg = load_config(recipe, overrides)
     auto = _auto_fields(cfg)
     if auto and resume is not None:
-        raise ConfigError(f"{' and '.join(auto)} = auto cannot be combined with --resume: a resumed run keeps the LR stored in its config.yaml.")
+        raise ConfigError(
+            f"{' and '.join(auto)} = auto cannot be combined with --resume: a resumed run keeps the LR stored in its config.yaml."
+        )
     t = cfg.trainer
     dist = DistInfo()
     if distributed or (distributed is None and launched_by_torchrun()):
         if auto:
-            raise ConfigError(f"{' and '.join(auto)} = auto is not supported under torchrun (each rank would sweep on its own); run `vislab lr-find` first and set the LR it prints.")
+            raise ConfigError(
+                f"{' and '.join(auto)} = auto is not supported under torchrun (each rank would sweep on its own); run `vislab lr-find` first and set the LR it prints."
+            )
         dist, device = init_distributed(t.device)
         check_distributed(cfg, dist, device)
         if not dist.is_main:
@@ -262,7 +296,9 @@ def train(
             _resolve_auto_lr(cfg, auto, finder)
         o, s = cfg.optim, cfg.sched
         optimizer = create_optimizer(model, **optimizer_kwargs(o))
-        scheduler = create_scheduler(optimizer, epochs=t.epochs, steps_per_epoch=len(train_loader), **scheduler_kwargs(s))
+        scheduler = create_scheduler(
+            optimizer, epochs=t.epochs, steps_per_epoch=len(train_loader), **scheduler_kwargs(s)
+        )
         forward_model = model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -275,14 +311,35 @@ def train(
         ckpt_dir = run_dir / CHECKPOINTS_DIR
         if dist.is_main:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
-        files = [
-            MetricsLogger(run_dir / METRICS_FILE), LRMonitor(run_dir / LR_STEPS_FILE), Checkpointer(ckpt_dir, t.checkpoint_metric)
-        ] if dist.is_main else []
+        files = (
+            [
+                MetricsLogger(run_dir / METRICS_FILE),
+                LRMonitor(run_dir / LR_STEPS_FILE),
+                Checkpointer(ckpt_dir, t.checkpoint_metric),
+            ]
+            if dist.is_main
+            else []
+        )
         trainer = Trainer(
-            model, optimizer, scheduler, train_loader=train_loader, test_loader=test_loader, val_loader=val_loader, epochs=t.epochs,
-            device=device, precision=precision, channels_last=channels_last, label_smoothing=o.label_smoothing,
-            l1=o.l1, grad_clip=o.grad_clip, progress=t.progress, generator=gen, compiled_model=compiled,
-            callbacks=[*files, *callbacks], eval_model=model if dist.enabled else None, distributed=dist.enabled,
+            model,
+            optimizer,
+            scheduler,
+            train_loader=train_loader,
+            test_loader=test_loader,
+            val_loader=val_loader,
+            epochs=t.epochs,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            label_smoothing=o.label_smoothing,
+            l1=o.l1,
+            grad_clip=o.grad_clip,
+            progress=t.progress,
+            generator=gen,
+            compiled_model=compiled,
+            callbacks=[*files, *callbacks],
+            eval_model=model if dist.enabled else None,
+            distributed=dist.enabled,
             interrupt_dir=ckpt_dir if dist.is_main else None,
         )
         if resume is not None:
@@ -291,7 +348,9 @@ def train(
                 try:
                     trainer.load_state_dict(state)
                 except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
-                    raise VislabError(f"--resume {str(run_dir)!r}: the checkpoint does not fit the run's config.yaml ({str(e).splitlines()[0][:160]}); was config.yaml edited? Start a new run instead.") from None
+                    raise VislabError(
+                        f"--resume {str(run_dir)!r}: the checkpoint does not fit the run's config.yaml ({str(e).splitlines()[0][:160]}); was config.yaml edited? Start a new run instead."
+                    ) from None
                 log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, t.epochs)
             else:
                 log.info("resuming %s from the start: it stopped before its first epoch ended", run_dir)
@@ -308,7 +367,14 @@ def train(
             atomic_write_text(run_dir / CONFIG_FILE, header + config_to_yaml(cfg))
         log.info(
             "run %s: %s on %s (%s, %s, channels_last=%s), %d train / %d test images",
-            run_dir, cfg.model.name, ds.name, device_name(device), precision.name, channels_last, ds.train_x.shape[0], ds.test_x.shape[0],
+            run_dir,
+            cfg.model.name,
+            ds.name,
+            device_name(device),
+            precision.name,
+            channels_last,
+            ds.train_x.shape[0],
+            ds.test_x.shape[0],
         )
         try:
             trainer.fit()

@@ -10,10 +10,11 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .config import Config, apply_overrides, load_config, parse_config_yaml, validate_config
 from .engine import BEST, INTERRUPTED, LAST, best_row, checkpoint_exists, metric_mode
@@ -32,9 +33,26 @@ CHECKPOINTS_DIR = "checkpoints"  # best/, last/ and interrupted/ checkpoint fold
 CHECKPOINT_NAMES = (BEST, LAST)  # the ones a report or explanation may pick by name, in order of preference
 
 __all__ = [
-    "BEST", "CHECKPOINTS_DIR", "CHECKPOINT_NAMES", "CONFIG_FILE", "INTERRUPTED", "LAST", "LR_STEPS_FILE", "METRICS_FILE",
-    "RESUME_OVERRIDABLE", "RUNS_ROOT", "SUMMARY_FILE", "RunFolder", "check_writable", "find_checkpoint", "is_lr_find_folder", "metric_mode",
-    "new_run_dir", "read_resume_config", "read_run", "refuse_lr_find_folder",
+    "BEST",
+    "CHECKPOINTS_DIR",
+    "CHECKPOINT_NAMES",
+    "CONFIG_FILE",
+    "INTERRUPTED",
+    "LAST",
+    "LR_STEPS_FILE",
+    "METRICS_FILE",
+    "RESUME_OVERRIDABLE",
+    "RUNS_ROOT",
+    "SUMMARY_FILE",
+    "RunFolder",
+    "check_writable",
+    "find_checkpoint",
+    "is_lr_find_folder",
+    "metric_mode",
+    "new_run_dir",
+    "read_resume_config",
+    "read_run",
+    "refuse_lr_find_folder",
 ]
 
 
@@ -64,12 +82,16 @@ def check_writable(path: Path) -> None:
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise ConfigError(f"Output folder {str(path)!r} cannot be created: {str(parent)!r} is a file, not a folder. Choose another --out.")
+        raise ConfigError(
+            f"Output folder {str(path)!r} cannot be created: {str(parent)!r} is a file, not a folder. Choose another --out."
+        )
     try:
         probe = tempfile.mkdtemp(dir=parent, prefix=".vislab-probe-")
         os.rmdir(probe)
     except OSError as e:
-        raise ConfigError(f"Output folder {str(path)!r} cannot be created: {str(parent)!r} is not writable ({e.strerror}). Choose another --out.") from None
+        raise ConfigError(
+            f"Output folder {str(path)!r} cannot be created: {str(parent)!r} is not writable ({e.strerror}). Choose another --out."
+        ) from None
 
 
 @dataclass
@@ -116,7 +138,9 @@ def is_lr_find_folder(path: str | Path) -> bool:
     (A training run with an `auto` LR keeps its sweep too, but it made checkpoints/ before its sweep was saved.)
     """
     path = Path(path)
-    return (path / LR_FIND_JSON).is_file() and not (path / CHECKPOINTS_DIR).exists() and not (path / METRICS_FILE).exists()
+    return (
+        (path / LR_FIND_JSON).is_file() and not (path / CHECKPOINTS_DIR).exists() and not (path / METRICS_FILE).exists()
+    )
 
 
 def refuse_lr_find_folder(path: str | Path, what: str) -> None:
@@ -135,7 +159,9 @@ def read_run(run_dir: str | Path) -> RunFolder:
     cfg_path = run_dir / CONFIG_FILE
     refuse_lr_find_folder(run_dir, "RUN_DIR")
     if not run_dir.is_dir():
-        raise ConfigError(f"RUN_DIR {str(run_dir)!r} is not a folder; give the folder a `vislab train` run wrote (it holds {CONFIG_FILE}).")
+        raise ConfigError(
+            f"RUN_DIR {str(run_dir)!r} is not a folder; give the folder a `vislab train` run wrote (it holds {CONFIG_FILE})."
+        )
     if not cfg_path.is_file():
         raise ConfigError(f"RUN_DIR {str(run_dir)!r} holds no {CONFIG_FILE}; give the folder of a `vislab train` run.")
     _, cfg = load_config(cfg_path)
@@ -143,12 +169,18 @@ def read_run(run_dir: str | Path) -> RunFolder:
     try:
         history = read_jsonl(metrics) if metrics.is_file() else []
     except (OSError, ValueError) as e:
-        raise DataError(f"{str(metrics)!r} cannot be read as JSON lines ({e}); it was not written by vislab or is damaged.") from None
+        raise DataError(
+            f"{str(metrics)!r} cannot be read as JSON lines ({e}); it was not written by vislab or is damaged."
+        ) from None
     lr_steps = _read_json(run_dir / LR_STEPS_FILE)
     return RunFolder(
-        run_dir=run_dir, config=cfg, config_text=cfg_path.read_text(), history=history,
+        run_dir=run_dir,
+        config=cfg,
+        config_text=cfg_path.read_text(),
+        history=history,
         lr_steps=[float(v) for v in lr_steps] if isinstance(lr_steps, list) else [],
-        summary=_read_json(run_dir / SUMMARY_FILE), lr_find=_read_json(run_dir / LR_FIND_JSON),
+        summary=_read_json(run_dir / SUMMARY_FILE),
+        lr_find=_read_json(run_dir / LR_FIND_JSON),
     )
 
 
@@ -177,8 +209,15 @@ def find_checkpoint(run_dir: Path, checkpoint: str | Path | None = None) -> Path
 # model, optimizer and schedule state must fit the config). Epochs may grow only where the
 # schedule does not depend on the total length.
 RESUME_OVERRIDABLE = {
-    "trainer.progress", "trainer.report", "trainer.device", "trainer.compile", "trainer.eval_batch_size",
-    "data.root", "data.cache_dir", "data.download", "augment.workers",
+    "trainer.progress",
+    "trainer.report",
+    "trainer.device",
+    "trainer.compile",
+    "trainer.eval_batch_size",
+    "data.root",
+    "data.cache_dir",
+    "data.download",
+    "augment.workers",
 }
 
 
@@ -187,7 +226,9 @@ def read_resume_config(run_dir: Path, overrides=None) -> tuple[str, Config]:
     refuse_lr_find_folder(run_dir, "--resume")
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
-        raise VislabError(f"--resume {str(run_dir)!r}: no {CONFIG_FILE} there; give the folder of an earlier `vislab train` run.")
+        raise VislabError(
+            f"--resume {str(run_dir)!r}: no {CONFIG_FILE} there; give the folder of an earlier `vislab train` run."
+        )
     try:
         text = cfg_path.read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -235,4 +276,6 @@ def run_html(kind: str, run_dir: Path, cfg: Config, history: list[dict[str, Any]
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     img = base64.b64encode(buf.getvalue()).decode()
-    return f'<div><code>{text}</code><br><img src="data:image/png;base64,{img}" alt="loss and accuracy per epoch"></div>'
+    return (
+        f'<div><code>{text}</code><br><img src="data:image/png;base64,{img}" alt="loss and accuracy per epoch"></div>'
+    )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import random
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -135,7 +136,16 @@ class AlbumentationsDataset(Dataset):
 class _SeededSampler(Sampler):
     """One epoch of (index, seed) pairs (or bare indices), all derived from `epoch_seed`."""
 
-    def __init__(self, n: int, shuffle: bool, with_seeds: bool, epoch_seed: int = 0, rank: int = 0, world_size: int = 1, even: bool = False):
+    def __init__(
+        self,
+        n: int,
+        shuffle: bool,
+        with_seeds: bool,
+        epoch_seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        even: bool = False,
+    ):
         self.n, self.shuffle, self.with_seeds = n, shuffle, with_seeds
         self.epoch_seed = epoch_seed
         # Under DDP every rank draws the same global order and takes every world_size-th sample, so a
@@ -208,7 +218,9 @@ def albumentations_loader(
     compose = build_albumentations(spec, mean, std, train=train, image_size=(h, w))
     dataset = AlbumentationsDataset(x, y, compose)
     randomized = train and not spec.is_identity()
-    sampler = _SeededSampler(len(dataset), shuffle, with_seeds=randomized, epoch_seed=seed, rank=rank, world_size=world_size, even=train)
+    sampler = _SeededSampler(
+        len(dataset), shuffle, with_seeds=randomized, epoch_seed=seed, rank=rank, world_size=world_size, even=train
+    )
     generator = torch.Generator().manual_seed(seed)
     return _AlbumentationsLoader(
         dataset,

@@ -37,7 +37,11 @@ def course_loader(
     compose = build_albumentations(spec, mean, std, train=train, image_size=(x.shape[2], x.shape[3]))
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     return DataLoader(
-        AlbumentationsDataset(x, y, compose), batch_size=batch_size, shuffle=train, num_workers=workers, pin_memory=pin_memory
+        AlbumentationsDataset(x, y, compose),
+        batch_size=batch_size,
+        shuffle=train,
+        num_workers=workers,
+        pin_memory=pin_memory,
     )
 
 

@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..version import __version__
-from ..augment import AugmentSpec, TensorAugment, albumentations_loader
+from ..augment import AugmentSpec, TensorAugment
 from ..engine import (
     DeviceLoader,
     Precision,
@@ -35,13 +34,16 @@ from ..errors import ConfigError, VislabError
 from ..explain import grad_cam
 from ..models import create_model
 from ..tuner import LRFinder
+from ..version import __version__
 from ._course import FP32, course_evaluate, course_loader, course_train
 
 log = logging.getLogger(__name__)
 
 # The issue's augmentation, used by every measurement on both sides: pad-crop 4 + flip + rotate +-5 deg
 # + one 16x16 cutout + normalize.
-AUGMENT_SPEC = AugmentSpec(crop_pad=4, pad_mode="reflect", flip_p=0.5, rotate_deg=5.0, cutout_size=(16, 16), cutout_p=1.0)
+AUGMENT_SPEC = AugmentSpec(
+    crop_pad=4, pad_mode="reflect", flip_p=0.5, rotate_deg=5.0, cutout_size=(16, 16), cutout_p=1.0
+)
 IMAGE_SIZE = 32
 NUM_CLASSES = 10
 GRAD_CAM_IMAGES = 25
@@ -104,20 +106,29 @@ SIZES = {
     # ResNet9 step of 512 takes 2.5 s (vislab) to 8 s (course), so --quick times 2-3 steps per repeat:
     # long enough for a steady state, and the whole run stays near 3 minutes.
     "full": BenchSize(
-        repeats=5, augment_images=10_000, augment_batch=512,
+        repeats=5,
+        augment_images=10_000,
+        augment_batch=512,
         train=(Case("resnet9", 1.0, 512, 6), Case("resnet18", 1.0, 128, 8)),
-        small=Case("resnet9", 0.25, 512, 12), eval_images=10_000,
+        small=Case("resnet9", 0.25, 512, 12),
+        eval_images=10_000,
     ),
     "quick": BenchSize(
-        repeats=5, augment_images=4096, augment_batch=512,
+        repeats=5,
+        augment_images=4096,
+        augment_batch=512,
         train=(Case("resnet9", 1.0, 512, 2), Case("resnet18", 1.0, 128, 3)),
-        small=Case("resnet9", 0.25, 512, 12), eval_images=2048,
+        small=Case("resnet9", 0.25, 512, 12),
+        eval_images=2048,
     ),
     # For the tests: every code path in seconds; the figures mean nothing.
     "tiny": BenchSize(
-        repeats=2, augment_images=48, augment_batch=16,
+        repeats=2,
+        augment_images=48,
+        augment_batch=16,
         train=(Case("resnet9", 0.125, 8, 2), Case("resnet18", 0.125, 8, 2)),
-        small=Case("resnet9", 0.125, 4, 12), eval_images=16,
+        small=Case("resnet9", 0.125, 4, 12),
+        eval_images=16,
     ),
 }
 
@@ -197,7 +208,13 @@ def _side_by_side(variants: dict[str, Callable[[], float]], repeats: int) -> dic
 
 
 def _compare(
-    variants: dict[str, Callable[[], float]], repeats: int, *, setup: str, unit: str, settings: dict[str, Any], warm_up: bool = True
+    variants: dict[str, Callable[[], float]],
+    repeats: int,
+    *,
+    setup: str,
+    unit: str,
+    settings: dict[str, Any],
+    warm_up: bool = True,
 ) -> dict[str, Any]:
     """One measurement's result: each variant run once untimed (unless warm_up=False), then side by side."""
     if warm_up:
@@ -226,9 +243,16 @@ def bench_augment(
     """
     x, y, mean, std = synthetic_data(images, seed)
     tensor_loader = DeviceLoader(
-        x.to(device), y.to(device), batch_size, TensorAugment(AUGMENT_SPEC, mean, std), shuffle=True, generator=_generator(device, seed)
+        x.to(device),
+        y.to(device),
+        batch_size,
+        TensorAugment(AUGMENT_SPEC, mean, std),
+        shuffle=True,
+        generator=_generator(device, seed),
     )
-    albu_loader = course_loader(x, y, AUGMENT_SPEC, mean, std, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    albu_loader = course_loader(
+        x, y, AUGMENT_SPEC, mean, std, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"
+    )
 
     def drain(loader: Iterable) -> int:
         # Every batch ends on `device`, where training would use it.
@@ -244,8 +268,11 @@ def bench_augment(
         "albumentations": albu_run,
     }
     return _compare(
-        variants, repeats, setup=f"{images} images, batch {batch_size}, plain DataLoader + per-sample albumentations, {workers} workers",
-        unit="images/s", settings={"images": images, "batch_size": batch_size, "workers": workers, "spec": AUGMENT_SPEC.__dict__},
+        variants,
+        repeats,
+        setup=f"{images} images, batch {batch_size}, plain DataLoader + per-sample albumentations, {workers} workers",
+        unit="images/s",
+        settings={"images": images, "batch_size": batch_size, "workers": workers, "spec": AUGMENT_SPEC.__dict__},
     )
 
 
@@ -271,7 +298,9 @@ def bench_train(
     x_dev, y_dev = x.to(device), y.to(device)
     loader = DeviceLoader(x_dev, y_dev, case.batch_size, aug, shuffle=True, drop_last=True, generator=gen)
     warm = DeviceLoader(x_dev[: case.batch_size], y_dev[: case.batch_size], case.batch_size, aug, generator=gen)
-    course = course_loader(x, y, AUGMENT_SPEC, mean, std, batch_size=case.batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+    course = course_loader(
+        x, y, AUGMENT_SPEC, mean, std, batch_size=case.batch_size, num_workers=workers, pin_memory=device.type == "cuda"
+    )
     course_sides = {"course": (precision, channels_last), "course_fp32": (FP32, False)}
     course_models = {name: _model(case, device, cl, seed) for name, (_, cl) in course_sides.items()}
     course_opts = {name: _optimizer(m) for name, m in course_models.items()}
@@ -283,7 +312,10 @@ def bench_train(
     def course_run(name: str) -> float:
         prec, cl = course_sides[name]
         batches = _started(course)
-        return _rate(lambda: int(course_train(course_models[name], batches, course_opts[name], device, prec, cl)["images"]), device)
+        return _rate(
+            lambda: int(course_train(course_models[name], batches, course_opts[name], device, prec, cl)["images"]),
+            device,
+        )
 
     # Warm-up (untimed): oneDNN / cuDNN pick their kernels on the first step of each shape.
     train_one_epoch(model, warm, optimizer, device=device, precision=precision, channels_last=channels_last)
@@ -301,11 +333,25 @@ def bench_train(
         train_one_epoch(compiled, warm, optimizer, device=device, precision=precision, channels_last=channels_last)
         variants["vislab_compiled"] = lambda: _rate(lambda: vislab_epoch(compiled), device)
     settings = {
-        **case.__dict__, "workers": workers, "precision": precision.name, "channels_last": channels_last,
-        "course_precision": precision.name, "course_channels_last": channels_last,
-        "course_fp32_precision": "fp32", "course_fp32_channels_last": False, "optimizer": "sgd nesterov", "compile": compile_model,
+        **case.__dict__,
+        "workers": workers,
+        "precision": precision.name,
+        "channels_last": channels_last,
+        "course_precision": precision.name,
+        "course_channels_last": channels_last,
+        "course_fp32_precision": "fp32",
+        "course_fp32_channels_last": False,
+        "optimizer": "sgd nesterov",
+        "compile": compile_model,
     }
-    return _compare(variants, repeats, setup=f"{case.describe()}, course workers {workers}", unit="images/s", settings=settings, warm_up=False)
+    return _compare(
+        variants,
+        repeats,
+        setup=f"{case.describe()}, course workers {workers}",
+        unit="images/s",
+        settings=settings,
+        warm_up=False,
+    )
 
 
 def bench_engine_overhead(case: Case, *, device: torch.device, repeats: int, seed: int = 0) -> dict[str, Any]:
@@ -315,7 +361,9 @@ def bench_engine_overhead(case: Case, *, device: torch.device, repeats: int, see
     x, y, mean, std = synthetic_data(n, seed)
     aug = TensorAugment(AUGMENT_SPEC, mean, std, channels_last=channels_last)
     # Augmented once, up front: only the loop itself differs between the two sides.
-    batches = list(DeviceLoader(x.to(device), y.to(device), case.batch_size, aug, shuffle=True, generator=_generator(device, seed)))
+    batches = list(
+        DeviceLoader(x.to(device), y.to(device), case.batch_size, aug, shuffle=True, generator=_generator(device, seed))
+    )
     model = _model(case, device, channels_last, seed)
     optimizer = _optimizer(model)
 
@@ -335,10 +383,14 @@ def bench_engine_overhead(case: Case, *, device: torch.device, repeats: int, see
 
     variants = {"engine": lambda: _rate(engine, device), "bare_loop": lambda: _rate(bare, device)}
     settings = {**case.__dict__, "precision": precision.name, "channels_last": channels_last}
-    return _compare(variants, repeats, setup=f"{case.describe()} (pre-made batches)", unit="images/s", settings=settings)
+    return _compare(
+        variants, repeats, setup=f"{case.describe()} (pre-made batches)", unit="images/s", settings=settings
+    )
 
 
-def bench_evaluate(case: Case, *, images: int, device: torch.device, repeats: int, workers: int, seed: int = 0) -> dict[str, Any]:
+def bench_evaluate(
+    case: Case, *, images: int, device: torch.device, repeats: int, workers: int, seed: int = 0
+) -> dict[str, Any]:
     """Item 4a: `evaluate` over device-resident data vs the course's test loop over a DataLoader."""
     precision, channels_last = engine_defaults(device)
     batch_size = 2 * case.batch_size  # vislab.run's default trainer.eval_batch_size, used on both sides
@@ -346,8 +398,21 @@ def bench_evaluate(case: Case, *, images: int, device: torch.device, repeats: in
     aug = TensorAugment(AUGMENT_SPEC, mean, std, channels_last=channels_last)
     loader = DeviceLoader(x.to(device), y.to(device), batch_size, lambda xb, g: aug.normalize_only(xb))
     model = _model(case, device, channels_last, seed)
-    course = course_loader(x, y, AUGMENT_SPEC, mean, std, batch_size=batch_size, train=False, num_workers=workers, pin_memory=device.type == "cuda")
-    course_sides = {"course": (precision, channels_last), "course_fp32": (FP32, False)}  # strongest / as the course ran it
+    course = course_loader(
+        x,
+        y,
+        AUGMENT_SPEC,
+        mean,
+        std,
+        batch_size=batch_size,
+        train=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    course_sides = {
+        "course": (precision, channels_last),
+        "course_fp32": (FP32, False),
+    }  # strongest / as the course ran it
     course_models = {name: _model(case, device, cl, seed) for name, (_, cl) in course_sides.items()}
 
     def vislab_eval() -> int:
@@ -359,14 +424,29 @@ def bench_evaluate(case: Case, *, images: int, device: torch.device, repeats: in
         batches = _started(course)
         return _rate(lambda: int(course_evaluate(course_models[name], batches, device, prec, cl)["images"]), device)
 
-    variants = {"vislab": lambda: _rate(vislab_eval, device), "course": lambda: course_run("course"), "course_fp32": lambda: course_run("course_fp32")}
+    variants = {
+        "vislab": lambda: _rate(vislab_eval, device),
+        "course": lambda: course_run("course"),
+        "course_fp32": lambda: course_run("course_fp32"),
+    }
     return _compare(
-        variants, repeats, setup=f"{case.model} width {case.width:g}, {images} images, batch {batch_size}, course workers {workers}",
-        unit="images/s", settings={"model": case.model, "width": case.width, "images": images, "batch_size": batch_size, "workers": workers},
+        variants,
+        repeats,
+        setup=f"{case.model} width {case.width:g}, {images} images, batch {batch_size}, course workers {workers}",
+        unit="images/s",
+        settings={
+            "model": case.model,
+            "width": case.width,
+            "images": images,
+            "batch_size": batch_size,
+            "workers": workers,
+        },
     )
 
 
-def bench_grad_cam(case: Case, *, device: torch.device, repeats: int, seed: int = 0, images: int = GRAD_CAM_IMAGES) -> dict[str, Any]:
+def bench_grad_cam(
+    case: Case, *, device: torch.device, repeats: int, seed: int = 0, images: int = GRAD_CAM_IMAGES
+) -> dict[str, Any]:
     """Item 4b: Grad-CAM maps per second for `images` images, one batched call vs one call per image."""
     _, channels_last = engine_defaults(device)
     x, y, mean, std = synthetic_data(images, seed)
@@ -385,7 +465,10 @@ def bench_grad_cam(case: Case, *, device: torch.device, repeats: int, seed: int 
 
     variants = {"batched": lambda: _rate(batched, device), "one_at_a_time": lambda: _rate(one_at_a_time, device)}
     return _compare(
-        variants, repeats, setup=f"{case.model} width {case.width:g}, {images} images", unit="images/s",
+        variants,
+        repeats,
+        setup=f"{case.model} width {case.width:g}, {images} images",
+        unit="images/s",
         settings={"model": case.model, "width": case.width, "images": images},
     )
 
@@ -399,7 +482,9 @@ def bench_lr_find(case: Case, *, device: torch.device, repeats: int, seed: int =
     loader = DeviceLoader(x.to(device), y.to(device), case.batch_size, aug, shuffle=True, drop_last=True, generator=gen)
     model = _model(case, device, channels_last, seed)
     optimizer = _optimizer(model)
-    finder = LRFinder(model, optimizer, loader, device=device, precision=precision, channels_last=channels_last, generator=gen)
+    finder = LRFinder(
+        model, optimizer, loader, device=device, precision=precision, channels_last=channels_last, generator=gen
+    )
 
     def sweep() -> float:
         r = finder.range_test(*LR_FIND_RANGE, num_iter=case.steps)
@@ -413,8 +498,11 @@ def bench_lr_find(case: Case, *, device: torch.device, repeats: int, seed: int =
         return (time.perf_counter() - start) / len(loader)
 
     return _compare(
-        {"lr_find": sweep, "train_step": train_step}, repeats, setup=f"{case.describe()}, lr {LR_FIND_RANGE[0]:g}..{LR_FIND_RANGE[1]:g}",
-        unit="s/step", settings={**case.__dict__, "start_lr": LR_FIND_RANGE[0], "end_lr": LR_FIND_RANGE[1]},
+        {"lr_find": sweep, "train_step": train_step},
+        repeats,
+        setup=f"{case.describe()}, lr {LR_FIND_RANGE[0]:g}..{LR_FIND_RANGE[1]:g}",
+        unit="s/step",
+        settings={**case.__dict__, "start_lr": LR_FIND_RANGE[0], "end_lr": LR_FIND_RANGE[1]},
     )
 
 
@@ -496,17 +584,34 @@ def run_bench(
         try:  # fail now, not after minutes of measuring
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ConfigError(f"--out {str(out_dir)!r} cannot be created ({e.strerror}); choose another folder.") from None
+            raise ConfigError(
+                f"--out {str(out_dir)!r} cannot be created ({e.strerror}); choose another folder."
+            ) from None
     from ..env import device_name, versions
 
     precision, channels_last = engine_defaults(dev)
     load_before = _load_avg()
     started = time.perf_counter()
-    log.info("bench (%s) on %s: %s, channels_last=%s, median of %d repeats", size, device_name(dev), precision.name, channels_last, preset.repeats)
+    log.info(
+        "bench (%s) on %s: %s, channels_last=%s, median of %d repeats",
+        size,
+        device_name(dev),
+        precision.name,
+        channels_last,
+        preset.repeats,
+    )
     common = {"device": dev, "repeats": preset.repeats, "seed": seed}
     steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("augment", lambda: bench_augment(images=preset.augment_images, batch_size=preset.augment_batch, workers=workers, **common)),
-        *[(f"train_{c.model}", lambda c=c: bench_train(c, workers=workers, compile_model=compile_model, **common)) for c in preset.train],
+        (
+            "augment",
+            lambda: bench_augment(
+                images=preset.augment_images, batch_size=preset.augment_batch, workers=workers, **common
+            ),
+        ),
+        *[
+            (f"train_{c.model}", lambda c=c: bench_train(c, workers=workers, compile_model=compile_model, **common))
+            for c in preset.train
+        ],
         ("engine_overhead", lambda: bench_engine_overhead(preset.small, **common)),
         ("evaluate", lambda: bench_evaluate(preset.small, images=preset.eval_images, workers=workers, **common)),
         ("grad_cam", lambda: bench_grad_cam(preset.small, **common)),
@@ -518,7 +623,9 @@ def run_bench(
         results[key] = measure()
         medians = ", ".join(f"{k} {v['median']:.4g}" for k, v in results[key]["figures"].items())
         log.info("bench: %-16s %s (%s) in %.0f s", key, medians, results[key]["unit"], time.perf_counter() - t0)
-    results["recipes"] = bench_recipes(dev, out_dir, data_root) if recipes else {"skipped": "not requested (--no-recipes)"}
+    results["recipes"] = (
+        bench_recipes(dev, out_dir, data_root) if recipes else {"skipped": "not requested (--no-recipes)"}
+    )
 
     report = {
         "vislab": __version__,
@@ -534,7 +641,12 @@ def run_bench(
             # Settings outside vislab that change the figures (GLIBC_TUNABLES=glibc.malloc.hugetlb=1: see docs/benchmarks.md).
             "env": {k: os.environ[k] for k in ENV_VARS if k in os.environ},
         },
-        "device": {"type": dev.type, "name": device_name(dev), "precision": precision.name, "channels_last": channels_last},
+        "device": {
+            "type": dev.type,
+            "name": device_name(dev),
+            "precision": precision.name,
+            "channels_last": channels_last,
+        },
         "versions": versions(),
         "load_avg": {"before": load_before, "after": _load_avg()},
         "seconds": time.perf_counter() - started,
@@ -548,7 +660,12 @@ def run_bench(
 
 # -- the table -------------------------------------------------------------------------------------
 
-_COURSE = {"vislab": "vislab", "course": "course (same precision, channels_last)", "course_fp32": "course fp32 NCHW", "vislab_compiled": "compiled"}
+_COURSE = {
+    "vislab": "vislab",
+    "course": "course (same precision, channels_last)",
+    "course_fp32": "course fp32 NCHW",
+    "vislab_compiled": "compiled",
+}
 _ROWS = (  # (measurement, row label, label of each figure)
     ("augment", "augmentation", {"tensor": "tensor", "albumentations": "albumentations"}),
     ("train_resnet9", "train resnet9", _COURSE),
@@ -585,7 +702,9 @@ def format_table(report: dict[str, Any]) -> str:
         ratio = f"{ratios[by_figures[(key, a, b)]]:.2f}x"
         if key == "engine_overhead":
             ratio += f" ({100 * (fb['median'] / fa['median'] - 1):+.1f}% time)"
-        rows.append((label, r["setup"], f"{names[a]} {_spread(fa, r['unit'])}", f"{names[b]} {_spread(fb, r['unit'])}", ratio))
+        rows.append(
+            (label, r["setup"], f"{names[a]} {_spread(fa, r['unit'])}", f"{names[b]} {_spread(fb, r['unit'])}", ratio)
+        )
         for extra, fe in figs[2:]:
             if extra.startswith("course"):  # another baseline: vislab's side against it
                 ratio = ratios.get(by_figures.get((key, a, extra), ""), fa["median"] / fe["median"])

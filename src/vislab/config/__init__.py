@@ -23,7 +23,21 @@ from ._schema import (
 )
 
 __all__ = [
-    "AugmentConfig", "Config", "DataConfig", "ModelConfig", "OptimConfig", "SchedConfig", "TrainerConfig",
-    "DEFAULT_RECIPE", "apply_overrides", "config_to_yaml", "list_recipes", "load_config", "parse_config_yaml", "parse_override",
-    "read_recipe", "recipe_info", "validate_config",
+    "AugmentConfig",
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "SchedConfig",
+    "TrainerConfig",
+    "DEFAULT_RECIPE",
+    "apply_overrides",
+    "config_to_yaml",
+    "list_recipes",
+    "load_config",
+    "parse_config_yaml",
+    "parse_override",
+    "read_recipe",
+    "recipe_info",
+    "validate_config",
 ]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
@@ -40,8 +41,11 @@ def recipe_info(name: str) -> dict[str, Any]:
         header.append(ln[1:].strip())
     ref = course_reference(name)
     return {
-        "name": name, "title": header[0] if header else "", "description": " ".join(header[1:] or lines[1:]),
-        "course": ref.final if ref else None, "measured": measured_result(name),
+        "name": name,
+        "title": header[0] if header else "",
+        "description": " ".join(header[1:] or lines[1:]),
+        "course": ref.final if ref else None,
+        "measured": measured_result(name),
     }
 
 
@@ -53,7 +57,9 @@ def parse_config_yaml(text: str, where: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where} must hold a mapping of sections (data, augment, model, ...), got {type(data).__name__}.")
+        raise ConfigError(
+            f"{where} must hold a mapping of sections (data, augment, model, ...), got {type(data).__name__}."
+        )
     return data
 
 
@@ -66,18 +72,24 @@ def read_recipe(recipe: str | Path | None) -> tuple[str, dict[str, Any]]:
     path = Path(recipe)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise ConfigError(f"Config file {str(path)!r} does not exist. Give a recipe name ({', '.join(sorted(files))}) or the path of a YAML file.")
+            raise ConfigError(
+                f"Config file {str(path)!r} does not exist. Give a recipe name ({', '.join(sorted(files))}) or the path of a YAML file."
+            )
         try:
             text = path.read_text()
         except OSError as e:
             raise ConfigError(f"Config file {str(path)!r} cannot be read: {e.strerror}.") from None
         except UnicodeDecodeError:
-            raise ConfigError(f"Config file {str(path)!r} is not a UTF-8 text file; give a YAML config or a recipe name.") from None
+            raise ConfigError(
+                f"Config file {str(path)!r} is not a UTF-8 text file; give a YAML config or a recipe name."
+            ) from None
         data = parse_config_yaml(text, f"config file {str(path)!r}")
         if "recipe" in data:
             data = _extend_recipe(data, path, files)
         return path.stem, data
-    raise ConfigError(f"Unknown recipe {str(recipe)!r}. Known recipes: {', '.join(sorted(files))}; or give the path of a YAML file.")
+    raise ConfigError(
+        f"Unknown recipe {str(recipe)!r}. Known recipes: {', '.join(sorted(files))}; or give the path of a YAML file."
+    )
 
 
 def _extend_recipe(data: dict[str, Any], path: Path, files: dict[str, Any]) -> dict[str, Any]:
@@ -92,7 +104,9 @@ def _extend_recipe(data: dict[str, Any], path: Path, files: dict[str, Any]) -> d
     changes: dict[str, Any] = {}
     for section, values in data.items():
         if not isinstance(values, dict):
-            raise ConfigError(f"Config file {str(path)!r}: section {section!r} must be a mapping of keys, got {values!r}.")
+            raise ConfigError(
+                f"Config file {str(path)!r}: section {section!r} must be a mapping of keys, got {values!r}."
+            )
         changes.update({f"{section}.{key}": value for key, value in values.items()})
     # As `--set` overrides of the recipe: the same section checks and the same rule for two forms of one setting.
     return apply_overrides(parse_config_yaml(files[base].read_text(), f"recipe {base!r}"), changes)
@@ -110,7 +124,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"Override {item!r} is not of the form section.key=value (e.g. --set optim.lr=0.1).")
     parts = key.split(".")
     if len(parts) != 2 or not all(parts):
-        raise ConfigError(f"Override key {key!r} must be section.key, e.g. trainer.epochs; sections: {', '.join(Config.model_fields)}.")
+        raise ConfigError(
+            f"Override key {key!r} must be section.key, e.g. trainer.epochs; sections: {', '.join(Config.model_fields)}."
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -130,7 +146,9 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str] | Mapping[s
             raise ConfigError(f"Override key {'.'.join(parts)!r} must be section.key, e.g. trainer.epochs.")
         section, field = parts
         if section not in Config.model_fields:
-            raise ConfigError(f"Unknown config section {section!r} in override {'.'.join(parts)!r}; sections are: {', '.join(Config.model_fields)}.")
+            raise ConfigError(
+                f"Unknown config section {section!r} in override {'.'.join(parts)!r}; sections are: {', '.join(Config.model_fields)}."
+            )
         sec = data.setdefault(section, {})
         if not isinstance(sec, dict):
             raise ConfigError(f"Config section {section!r} must be a mapping, got {sec!r}.")
@@ -139,7 +157,11 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Iterable[str] | Mapping[s
     for (section, field), other in ALTERNATIVE_KEYS.items():
         # Two forms of one setting: an override of one replaces the recipe's other form, so
         # `--set sched.peak_epoch=3` works on a recipe that states sched.peak_fraction.
-        if (section, field) in set_by_override and data[section][field] is not None and (section, other) not in set_by_override:
+        if (
+            (section, field) in set_by_override
+            and data[section][field] is not None
+            and (section, other) not in set_by_override
+        ):
             data[section].pop(other, None)
     return data
 
@@ -152,7 +174,11 @@ def _format_validation(err: ValidationError, where: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             section = e["loc"][0] if len(e["loc"]) > 1 else None
-            fields = Config.model_fields[section].annotation.model_fields if section in Config.model_fields else Config.model_fields
+            fields = (
+                Config.model_fields[section].annotation.model_fields
+                if section in Config.model_fields
+                else Config.model_fields
+            )
             parts.append(f"{loc}: unknown key; allowed keys are {', '.join(fields)}")
             continue
         if e["type"] == "value_error":
@@ -172,11 +198,15 @@ def validate_config(data: Mapping[str, Any], where: str = "config") -> Config:
     from ..models import list_models  # late import: the registry fills on import of the models
 
     if cfg.model.name not in list_models():
-        raise ConfigError(f"Invalid config ({where}): model.name = {cfg.model.name!r} is not a registered model; choose one of {', '.join(list_models())}.")
+        raise ConfigError(
+            f"Invalid config ({where}): model.name = {cfg.model.name!r} is not a registered model; choose one of {', '.join(list_models())}."
+        )
     return cfg
 
 
-def load_config(recipe: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> tuple[str, Config]:
+def load_config(
+    recipe: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None
+) -> tuple[str, Config]:
     """Recipe name or YAML path + overrides -> (run name, validated Config)."""
     name, raw = read_recipe(recipe)
     data = apply_overrides(raw, overrides)

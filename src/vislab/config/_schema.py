@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # A learning rate, or "auto": `vislab train` runs the LR range test (section lr_find) and uses its suggestion.
-LearningRate = Union[Annotated[float, Field(gt=0.0)], Literal["auto"]]
+LearningRate = Annotated[float, Field(gt=0.0)] | Literal["auto"]
 
 
 class _Section(BaseModel):
@@ -17,14 +17,16 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     name: Literal["cifar10", "cifar100", "imagefolder"] = "cifar10"  # data set family
-    root: Optional[str] = None  # folder holding the data (None: the cache folder for cifar*)
+    root: str | None = None  # folder holding the data (None: the cache folder for cifar*)
     download: bool = True  # fetch the official archive when cifar* is missing
-    cache_dir: Optional[str] = None  # where downloads and decoded caches live (None: user cache dir)
-    train_size: Optional[int] = Field(None, gt=0)  # class-balanced number of training images (None: all)
-    test_size: Optional[int] = Field(None, gt=0)  # class-balanced number of test images (None: all)
-    val_size: int = Field(0, ge=0)  # class-balanced random validation images held out of train (0: none, as the course ran)
+    cache_dir: str | None = None  # where downloads and decoded caches live (None: user cache dir)
+    train_size: int | None = Field(None, gt=0)  # class-balanced number of training images (None: all)
+    test_size: int | None = Field(None, gt=0)  # class-balanced number of test images (None: all)
+    val_size: int = Field(
+        0, ge=0
+    )  # class-balanced random validation images held out of train (0: none, as the course ran)
     val_seed: int = 0  # seed of the validation draw (apart from trainer.seed, so the split stays put when that changes)
-    image_size: Optional[int] = Field(None, gt=0)  # resize imagefolder images to this square size
+    image_size: int | None = Field(None, gt=0)  # resize imagefolder images to this square size
 
 
 class AugmentConfig(_Section):
@@ -35,8 +37,10 @@ class AugmentConfig(_Section):
     rotate_deg: float = Field(0.0, ge=0.0, le=180.0)  # rotate by an angle drawn in [-deg, +deg]
     cutout_size: int = Field(0, ge=0)  # side of the square cutout hole in pixels; 0 disables
     cutout_p: float = Field(1.0, ge=0.0, le=1.0)  # probability an image gets a hole
-    cutout_fill: Union[Literal["mean"], float] = "mean"  # hole value in pixel units, or the data mean
-    workers: Optional[int] = Field(None, ge=0)  # DataLoader workers per process (albumentations backend; None: cores / processes on this machine)
+    cutout_fill: Literal["mean"] | float = "mean"  # hole value in pixel units, or the data mean
+    workers: int | None = Field(
+        None, ge=0
+    )  # DataLoader workers per process (albumentations backend; None: cores / processes on this machine)
 
 
 class ModelConfig(_Section):
@@ -44,8 +48,8 @@ class ModelConfig(_Section):
     norm: Literal["batch", "group", "layer"] = "batch"  # layer = GroupNorm with one group
     groups: int = Field(32, gt=0)  # groups of GroupNorm when norm == "group"
     width: float = Field(1.0, gt=0.0, le=8.0)  # channel multiplier (1.0 = the reference widths)
-    last_stride: Optional[int] = Field(None, ge=1, le=2)  # resnet18/34: 1 keeps an 8x8 final map
-    logit_scale: Optional[float] = Field(None, gt=0.0)  # resnet9: multiply logits (Page used 0.125)
+    last_stride: int | None = Field(None, ge=1, le=2)  # resnet18/34: 1 keeps an 8x8 final map
+    logit_scale: float | None = Field(None, gt=0.0)  # resnet9: multiply logits (Page used 0.125)
 
 
 class OptimConfig(_Section):
@@ -56,11 +60,11 @@ class OptimConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW betas
     weight_decay: float = Field(5e-4, ge=0.0)
     l1: float = Field(0.0, ge=0.0)  # L1 penalty on the weights, added to the loss
-    grad_clip: Optional[float] = Field(None, gt=0.0)  # clip the gradient norm to this value
+    grad_clip: float | None = Field(None, gt=0.0)  # clip the gradient norm to this value
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
-    def _check(self) -> "OptimConfig":
+    def _check(self) -> OptimConfig:
         # momentum and nesterov are SGD settings (Adam has betas); like timm, other optimizers ignore them.
         if self.name == "sgd" and self.nesterov and self.momentum == 0:
             raise ValueError("optim.nesterov=true needs optim.momentum > 0")
@@ -70,9 +74,13 @@ class OptimConfig(_Section):
 class SchedConfig(_Section):
     name: Literal["onecycle", "plateau", "step", "cosine", "none"] = "onecycle"
     # OneCycle, stated in epochs and stepped per batch
-    max_lr: Optional[LearningRate] = None  # peak LR (None: optim.lr; auto: from the LR range test)
-    peak_epoch: Optional[float] = Field(None, gt=0.0)  # epoch at which the LR peaks (5 of 24 in the course); fixed when the run is shortened
-    peak_fraction: Optional[float] = Field(None, gt=0.0, lt=1.0)  # or: the peak as a share of the run (torch's pct_start); None and no peak_epoch: 0.3
+    max_lr: LearningRate | None = None  # peak LR (None: optim.lr; auto: from the LR range test)
+    peak_epoch: float | None = Field(
+        None, gt=0.0
+    )  # epoch at which the LR peaks (5 of 24 in the course); fixed when the run is shortened
+    peak_fraction: float | None = Field(
+        None, gt=0.0, lt=1.0
+    )  # or: the peak as a share of the run (torch's pct_start); None and no peak_epoch: 0.3
     div_factor: float = Field(10.0, gt=0.0)  # start LR = max_lr / div_factor
     final_div_factor: float = Field(100.0, gt=0.0)  # final LR = start LR / final_div_factor
     anneal: Literal["linear", "cos"] = "linear"  # shape of both OneCycle phases
@@ -92,16 +100,20 @@ class SchedConfig(_Section):
     gamma: float = Field(0.1, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _check(self) -> "SchedConfig":
+    def _check(self) -> SchedConfig:
         if self.peak_epoch is not None and self.peak_fraction is not None:
             raise ValueError(
                 f"sched.peak_epoch = {self.peak_epoch:g} and sched.peak_fraction = {self.peak_fraction:g} both place the OneCycle "
                 "peak; set one of them to null"
             )
         if self.base_momentum > self.max_momentum:
-            raise ValueError(f"sched.base_momentum = {self.base_momentum:g} must not exceed sched.max_momentum = {self.max_momentum:g}")
+            raise ValueError(
+                f"sched.base_momentum = {self.base_momentum:g} must not exceed sched.max_momentum = {self.max_momentum:g}"
+            )
         if self.max_lr == "auto" and self.name != "onecycle":
-            raise ValueError(f"sched.max_lr=auto only applies to sched.name=onecycle (got {self.name}); use optim.lr=auto instead")
+            raise ValueError(
+                f"sched.max_lr=auto only applies to sched.name=onecycle (got {self.name}); use optim.lr=auto instead"
+            )
         if self.name == "plateau":
             wanted = "max" if self.monitor.endswith("_acc") else "min"
             if self.mode != wanted:
@@ -112,25 +124,27 @@ class SchedConfig(_Section):
 class TrainerConfig(_Section):
     epochs: int = Field(5, gt=0, le=10_000)
     batch_size: int = Field(512, gt=0, le=65_536)
-    eval_batch_size: Optional[int] = Field(None, gt=0)  # None: 2 x batch_size
+    eval_batch_size: int | None = Field(None, gt=0)  # None: 2 x batch_size
     device: str = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:N, mps
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on CUDA sm80+ and CPUs with native bf16 (avx512_bf16 / amx_bf16), fp16 + GradScaler on older GPUs, else fp32
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = (
+        "auto"  # auto: bf16 on CUDA sm80+ and CPUs with native bf16 (avx512_bf16 / amx_bf16), fp16 + GradScaler on older GPUs, else fp32
+    )
     channels_last: Literal["auto", True, False] = "auto"
     compile: bool = False  # torch.compile the model (slow start; pays off on long GPU runs)
     seed: int = Field(0, ge=0)
     deterministic: bool = False  # deterministic algorithms (exact resume; slower on GPU)
-    checkpoint_metric: Literal["test_acc", "test_loss", "val_acc", "val_loss"] = "test_acc"  # what picks the `best` checkpoint (val_*: needs data.val_size)
+    checkpoint_metric: Literal["test_acc", "test_loss", "val_acc", "val_loss"] = (
+        "test_acc"  # what picks the `best` checkpoint (val_*: needs data.val_size)
+    )
     progress: bool = True  # per-step progress bar
     drop_last: bool = True  # drop the last incomplete training batch
     report: bool = True  # write report.md / report.html into the run folder at the end
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainerConfig":
+    def _check(self) -> TrainerConfig:
         dev = self.device
-        ok = dev in ("auto", "cpu", "cuda", "mps") or (
-            dev.startswith("cuda:") and dev[5:].isdigit()
-        )
+        ok = dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
         if not ok:
             raise ValueError(f"trainer.device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
         return self
@@ -141,16 +155,24 @@ class LRFindConfig(_Section):
 
     start_lr: float = Field(1e-7, gt=0.0)  # LR of the first step
     end_lr: float = Field(10.0, gt=0.0)  # LR of the last step (the sweep usually diverges before)
-    num_iter: int = Field(100, ge=11, le=100_000)  # steps, one batch each (>= 11: a suggestion needs 10 after the first 10% are skipped)
+    num_iter: int = Field(
+        100, ge=11, le=100_000
+    )  # steps, one batch each (>= 11: a suggestion needs 10 after the first 10% are skipped)
     mode: Literal["exp", "linear"] = "exp"  # spacing of the LRs between start_lr and end_lr
-    measure: Literal["loss", "val_loss", "accuracy"] = "loss"  # training-batch loss, or loss / accuracy on validation batches (needs data.val_size)
+    measure: Literal["loss", "val_loss", "accuracy"] = (
+        "loss"  # training-batch loss, or loss / accuracy on validation batches (needs data.val_size)
+    )
     val_batches: int = Field(4, gt=0)  # batches of the validation split (data.val_size) for val_loss / accuracy
-    smooth_f: float = Field(0.05, ge=0.0, lt=1.0)  # weight of the newest value in the smoothed curve; 0 disables smoothing
+    smooth_f: float = Field(
+        0.05, ge=0.0, lt=1.0
+    )  # weight of the newest value in the smoothed curve; 0 disables smoothing
     diverge_th: float = Field(5.0, gt=1.0)  # stop once the smoothed loss exceeds diverge_th x its best value
-    suggestion: Optional[Literal["valley", "steepest", "min_loss_div10", "onecycle"]] = None  # what auto uses; None: onecycle's peak under OneCycle, else valley
+    suggestion: Literal["valley", "steepest", "min_loss_div10", "onecycle"] | None = (
+        None  # what auto uses; None: onecycle's peak under OneCycle, else valley
+    )
 
     @model_validator(mode="after")
-    def _check(self) -> "LRFindConfig":
+    def _check(self) -> LRFindConfig:
         if self.end_lr <= self.start_lr:
             raise ValueError(f"lr_find.end_lr ({self.end_lr}) must be larger than lr_find.start_lr ({self.start_lr})")
         return self
@@ -166,12 +188,17 @@ class Config(_Section):
     lr_find: LRFindConfig = LRFindConfig()
 
     @model_validator(mode="after")
-    def _check(self) -> "Config":
+    def _check(self) -> Config:
         s, epochs = self.sched, self.trainer.epochs
         if not self.data.val_size:
-            for field, metric in (("sched.monitor", s.monitor if s.name == "plateau" else ""), ("trainer.checkpoint_metric", self.trainer.checkpoint_metric)):
+            for field, metric in (
+                ("sched.monitor", s.monitor if s.name == "plateau" else ""),
+                ("trainer.checkpoint_metric", self.trainer.checkpoint_metric),
+            ):
                 if metric.startswith("val_"):
-                    raise ValueError(f"{field} = {metric} needs a validation split: set data.val_size (e.g. 5000 images held out of train), or monitor test_loss / test_acc")
+                    raise ValueError(
+                        f"{field} = {metric} needs a validation split: set data.val_size (e.g. 5000 images held out of train), or monitor test_loss / test_acc"
+                    )
         if s.name == "onecycle" and s.peak_epoch is not None and not s.peak_epoch < epochs:
             raise ValueError(
                 f"sched.peak_epoch = {s.peak_epoch:g} must lie strictly between 0 and trainer.epochs = {epochs}. To shorten a run and "

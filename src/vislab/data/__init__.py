@@ -12,13 +12,26 @@ import torch
 from vislab.data._cache import default_cache_dir, resolve_cache_dir
 from vislab.data._cifar import load_cifar
 from vislab.data._dataset import (
-    ImageDataset, balanced_indices, balanced_subset, channel_stats, check_subset_size, split_validation, with_validation_split,
+    ImageDataset,
+    balanced_indices,
+    balanced_subset,
+    channel_stats,
+    check_subset_size,
+    split_validation,
+    with_validation_split,
 )
 from vislab.data._decode import resize_nchw
 from vislab.data._imagefolder import load_imagefolder
 from vislab.errors import ConfigError, DataError
 
-__all__ = ["ImageDataset", "balanced_subset", "default_cache_dir", "list_datasets", "load_dataset", "with_validation_split"]
+__all__ = [
+    "ImageDataset",
+    "balanced_subset",
+    "default_cache_dir",
+    "list_datasets",
+    "load_dataset",
+    "with_validation_split",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +74,9 @@ def list_datasets() -> list[str]:
     return sorted(_LOADERS)
 
 
-def _subset(x: torch.Tensor, y: torch.Tensor, n: int | None, num_classes: int, field: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _subset(
+    x: torch.Tensor, y: torch.Tensor, n: int | None, num_classes: int, field: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     if n is None:
         return x, y
     idx = balanced_indices(y, n, num_classes, field)
@@ -101,12 +116,18 @@ def load_dataset(
     train_size = check_subset_size(train_size, "data.train_size")
     test_size = check_subset_size(test_size, "data.test_size")
     if isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0:
-        raise ConfigError(f"data.val_size = {val_size!r} is not allowed: give a whole number of images to hold out of the training split for validation, or 0 for none.")
+        raise ConfigError(
+            f"data.val_size = {val_size!r} is not allowed: give a whole number of images to hold out of the training split for validation, or 0 for none."
+        )
     if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size <= 0):
-        raise ConfigError(f"data.image_size = {image_size!r} is not allowed: give a positive whole number of pixels (square images), or leave it unset.")
+        raise ConfigError(
+            f"data.image_size = {image_size!r} is not allowed: give a positive whole number of pixels (square images), or leave it unset."
+        )
     root_path = Path(root).expanduser() if root is not None else None
 
-    train_x, train_y, test_x, test_y, classes = _LOADERS[key](root_path, resolve_cache_dir(cache_dir), download, image_size)
+    train_x, train_y, test_x, test_y, classes = _LOADERS[key](
+        root_path, resolve_cache_dir(cache_dir), download, image_size
+    )
     train_x, train_y = torch.from_numpy(train_x), torch.from_numpy(train_y)
     test_x, test_y = torch.from_numpy(test_x), torch.from_numpy(test_y)
     val_x = val_y = None
@@ -115,6 +136,17 @@ def load_dataset(
     train_x, train_y = _subset(train_x, train_y, train_size, len(classes), "data.train_size")
     test_x, test_y = _subset(test_x, test_y, test_size, len(classes), "data.test_size")
     mean, std = channel_stats(train_x)
-    ds = ImageDataset(key, train_x.contiguous(), train_y.long(), test_x.contiguous(), test_y.long(), list(classes), mean, std, val_x, val_y)
+    ds = ImageDataset(
+        key,
+        train_x.contiguous(),
+        train_y.long(),
+        test_x.contiguous(),
+        test_y.long(),
+        list(classes),
+        mean,
+        std,
+        val_x,
+        val_y,
+    )
     logger.info("%r", ds)
     return ds

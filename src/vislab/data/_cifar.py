@@ -79,7 +79,9 @@ def _unpickle(path: Path) -> dict:
         with open(path, "rb") as f:
             return pickle.load(f, encoding="bytes")
     except Exception as e:  # any unpickling failure means the file is not an official batch
-        raise DataError(f"cannot read the CIFAR batch {path}: {type(e).__name__}: {e}. Replace the folder with a fresh copy of the official archive.") from e
+        raise DataError(
+            f"cannot read the CIFAR batch {path}: {type(e).__name__}: {e}. Replace the folder with a fresh copy of the official archive."
+        ) from e
 
 
 def _read_batches(folder: Path, files: tuple[str, ...], src: CifarSource) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +95,9 @@ def _read_batches(folder: Path, files: tuple[str, ...], src: CifarSource) -> tup
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path} is not an official CIFAR batch: missing or malformed {e}.") from e
         if data.ndim != 2 or data.shape[1] != int(np.prod(CIFAR_IMAGE_SHAPE)) or len(labels) != len(data):
-            raise DataError(f"{path} is not an official CIFAR batch: data {data.shape}, {len(labels)} labels; expected (N, 3072) and N labels.")
+            raise DataError(
+                f"{path} is not an official CIFAR batch: data {data.shape}, {len(labels)} labels; expected (N, 3072) and N labels."
+            )
         xs.append(data.reshape(-1, *CIFAR_IMAGE_SHAPE))  # (N, 3, 32, 32)
         ys.append(labels)
     return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
@@ -102,7 +106,9 @@ def _read_batches(folder: Path, files: tuple[str, ...], src: CifarSource) -> tup
 def _read_folder(folder: Path, src: CifarSource) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     missing = [f for f in _required(src) if not (folder / f).is_file()]
     if missing:
-        raise DataError(f"the CIFAR folder {folder} is incomplete: missing {', '.join(missing)}. Replace it with a fresh copy of the official archive ({src.archive}).")
+        raise DataError(
+            f"the CIFAR folder {folder} is incomplete: missing {', '.join(missing)}. Replace it with a fresh copy of the official archive ({src.archive})."
+        )
     start = time.perf_counter()
     meta_path = folder / src.meta_file
     try:
@@ -113,7 +119,9 @@ def _read_folder(folder: Path, src: CifarSource) -> tuple[np.ndarray, np.ndarray
     test_x, test_y = _read_batches(folder, src.test_files, src)
     for split, y in (("train", train_y), ("test", test_y)):
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
-            raise DataError(f"{folder}: {split} labels range from {y.min()} to {y.max()}, but {meta_path} names {len(classes)} classes.")
+            raise DataError(
+                f"{folder}: {split} labels range from {y.min()} to {y.max()}, but {meta_path} names {len(classes)} classes."
+            )
     logger.info("read %d + %d images from %s in %.1f s", len(train_y), len(test_y), folder, time.perf_counter() - start)
     return train_x, train_y, test_x, test_y, classes
 
@@ -170,7 +178,9 @@ def locate_cifar(name: str, root: Path | None, cache_dir: Path, download: bool) 
     if root is not None and (root / src.archive).is_file():
         archive = root / src.archive
         if not _verified_archive(archive, src):
-            raise DataError(f"{archive} is not the official archive (MD5 mismatch, expected {src.md5}); it may be truncated. Replace it with a fresh download of {src.url}.")
+            raise DataError(
+                f"{archive} is not the official archive (MD5 mismatch, expected {src.md5}); it may be truncated. Replace it with a fresh download of {src.url}."
+            )
         return extract_folder(archive, src.folder, cache_dir)
     # 4. An archive vislab downloaded earlier; a wrong MD5 means a corrupt or partial file: delete it.
     archive = cache_dir / src.archive
@@ -179,7 +189,9 @@ def locate_cifar(name: str, root: Path | None, cache_dir: Path, download: bool) 
         archive.unlink()
     if not archive.is_file():
         if not download:
-            raise DataError(_offline_message(src, cache_dir, root, f"{name} was not found and download is off (download=False)."))
+            raise DataError(
+                _offline_message(src, cache_dir, root, f"{name} was not found and download is off (download=False).")
+            )
         try:
             fetch(src.url, archive, src.md5)
         except NETWORK_ERRORS as e:
@@ -187,7 +199,9 @@ def locate_cifar(name: str, root: Path | None, cache_dir: Path, download: bool) 
     return extract_folder(archive, src.folder, cache_dir)
 
 
-def load_cifar(name: str, root: Path | None, cache_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def load_cifar(
+    name: str, root: Path | None, cache_dir: Path, download: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(train_x, train_y, test_x, test_y, classes) with x as (N, 3, 32, 32) uint8, in the official order."""
     src = CIFAR_SOURCES[name]
     return _read_folder(locate_cifar(name, root, cache_dir, download), src)

@@ -74,7 +74,9 @@ def check_subset_size(n: object, field: str) -> int | None:
     if n is None:
         return None
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ConfigError(f"{field} = {n!r} is not allowed: give a positive whole number of images, or leave it unset (null) to use every image.")
+        raise ConfigError(
+            f"{field} = {n!r} is not allowed: give a positive whole number of images, or leave it unset (null) to use every image."
+        )
     return n
 
 
@@ -121,7 +123,9 @@ def balanced_random_indices(y: torch.Tensor, n: int, num_classes: int, seed: int
     """
     total = int(y.shape[0])
     if n >= total:
-        raise DataError(f"{field} = {n} leaves no training images: the training split has only {total}; choose a smaller {field}.")
+        raise DataError(
+            f"{field} = {n} leaves no training images: the training split has only {total}; choose a smaller {field}."
+        )
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(total, generator=g)  # a random order; balanced_indices then keeps its first images per class
     return perm[balanced_indices(y[perm], n, num_classes, field)]  # balanced_indices keeps perm's (random) order
@@ -143,7 +147,9 @@ def split_validation(
 def with_validation_split(ds: ImageDataset, val_size: int, seed: int = 0) -> ImageDataset:
     """A copy of an in-memory data set with val_size training images held out for validation (mean/std recomputed)."""
     if ds.val_x is not None:
-        raise DataError(f"the data set already has a validation split of {len(ds.val_y)} images; data.val_size cannot take another.")
+        raise DataError(
+            f"the data set already has a validation split of {len(ds.val_y)} images; data.val_size cannot take another."
+        )
     train_x, train_y, val_x, val_y = split_validation(ds.train_x, ds.train_y, val_size, ds.num_classes, seed)
     mean, std = channel_stats(train_x)
     return ImageDataset(ds.name, train_x, train_y, ds.test_x, ds.test_y, list(ds.classes), mean, std, val_x, val_y)

@@ -73,7 +73,9 @@ def decode_file(path: str | Path, image_size: int | None) -> np.ndarray:
     except cv2.error:
         img = None
     if img is None:
-        raise DataError(f"cannot decode {path}: it is not a valid PNG/JPEG image (truncated or another format). Delete or replace it.")
+        raise DataError(
+            f"cannot decode {path}: it is not a valid PNG/JPEG image (truncated or another format). Delete or replace it."
+        )
     mode = _mode(img)
     if image_size is None:
         if mode != "RGB":

@@ -98,9 +98,13 @@ def _list_split(root: Path, split: str, junk: list[str]) -> dict[str, list[os.Di
                     junk.append(f.path)
                     continue
                 if f.is_dir():
-                    raise DataError(f"{f.path} is a folder inside a class folder; nested folders are not supported. {LAYOUT}")
+                    raise DataError(
+                        f"{f.path} is a folder inside a class folder; nested folders are not supported. {LAYOUT}"
+                    )
                 if not f.name.lower().endswith(IMAGE_SUFFIXES):
-                    raise DataError(f"{f.path} is not a PNG/JPEG image (by its name); only .png, .jpg and .jpeg files may sit in class folders. Move it elsewhere or hide it (a name starting with '.').")
+                    raise DataError(
+                        f"{f.path} is not a PNG/JPEG image (by its name); only .png, .jpg and .jpeg files may sit in class folders. Move it elsewhere or hide it (a name starting with '.')."
+                    )
                 files.append(f)
         if not files:
             raise DataError(f"the class folder {entry.path} holds no images; remove it or add images. {LAYOUT}")
@@ -131,8 +135,13 @@ def _list_files(root: Path, image_size: int | None) -> _Listing:
     if junk:
         junk.sort()
         kinds = sorted({_junk_kind(os.path.basename(j)) for j in junk})
-        logger.info("skipped %d file(s) that operating systems create by themselves (%s) in %s, e.g. %s: they are not images",
-                    len(junk), ", ".join(kinds), root, junk[0])
+        logger.info(
+            "skipped %d file(s) that operating systems create by themselves (%s) in %s, e.g. %s: they are not images",
+            len(junk),
+            ", ".join(kinds),
+            root,
+            junk[0],
+        )
     train_cls, test_cls = set(splits["train"]), set(splits["test"])
     if train_cls != test_cls:
         only_train, only_test = sorted(train_cls - test_cls), sorted(test_cls - train_cls)
@@ -199,9 +208,14 @@ def _from_cache(path: Path, listing: _Listing) -> tuple[np.ndarray, np.ndarray] 
         train_x, test_x = arrays["train_x"], arrays["test_x"]
         labels = np.concatenate([arrays["train_y"], arrays["test_y"]])
         ok = (
-            train_x.dtype == np.uint8 and test_x.dtype == np.uint8 and train_x.ndim == 4 and train_x.shape[1] == 3
-            and train_x.shape[1:] == test_x.shape[1:] and len(train_x) == listing.n_train
-            and len(test_x) == len(listing.files) - listing.n_train and np.array_equal(labels, listing.labels)
+            train_x.dtype == np.uint8
+            and test_x.dtype == np.uint8
+            and train_x.ndim == 4
+            and train_x.shape[1] == 3
+            and train_x.shape[1:] == test_x.shape[1:]
+            and len(train_x) == listing.n_train
+            and len(test_x) == len(listing.files) - listing.n_train
+            and np.array_equal(labels, listing.labels)
             and arrays["classes"].tolist() == listing.classes
         )
         if ok:
@@ -231,8 +245,13 @@ def load_imagefolder(
     x = _decode_all(listing.files, image_size, workers)  # (N + M, 3, H, W)
     decoded_s = time.perf_counter() - start
     train_x, test_x = x[:n_train], x[n_train:]
-    arrays = {"train_x": train_x, "train_y": labels[:n_train], "test_x": test_x, "test_y": labels[n_train:],
-              "classes": np.asarray(listing.classes, dtype=str)}
+    arrays = {
+        "train_x": train_x,
+        "train_y": labels[:n_train],
+        "test_x": test_x,
+        "test_y": labels[n_train:],
+        "classes": np.asarray(listing.classes, dtype=str),
+    }
     try:
         save_npz_atomic(path, arrays)
         # Older caches of the same folder are now stale; they would only waste disk.

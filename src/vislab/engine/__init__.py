@@ -1,18 +1,44 @@
 """The training engine: loaders, loop, hooks, optimizers, schedulers and checkpoints."""
 
 from ._device import Precision, resolve_channels_last, resolve_device, resolve_precision
-from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from ._dist import DistInfo, broadcast_object, init_distributed, launched_by_torchrun, shutdown
+from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from .hooks import BEST, INTERRUPTED, LAST, Callback, Checkpointer, LRMonitor, MetricsLogger, best_row, metric_mode
 from .loaders import DeviceLoader
 from .optim import OPTIMIZERS, SCHEDULERS, Scheduler, create_optimizer, create_scheduler, onecycle_peak_fraction
 from .trainer import Trainer, TrainingDiverged, evaluate, train_one_epoch
 
 __all__ = [
-    "BEST", "INTERRUPTED", "LAST", "DistInfo", "best_row", "broadcast_object", "init_distributed", "launched_by_torchrun",
-    "metric_mode", "shutdown",
-    "Callback", "checkpoint_exists", "Checkpointer", "DeviceLoader", "LRMonitor", "MetricsLogger", "OPTIMIZERS", "Precision",
-    "SCHEDULERS", "Scheduler", "Trainer", "TrainingDiverged", "create_optimizer", "create_scheduler", "onecycle_peak_fraction", "evaluate",
-    "load_checkpoint", "resolve_channels_last", "resolve_device", "resolve_precision", "save_checkpoint",
+    "BEST",
+    "INTERRUPTED",
+    "LAST",
+    "DistInfo",
+    "best_row",
+    "broadcast_object",
+    "init_distributed",
+    "launched_by_torchrun",
+    "metric_mode",
+    "shutdown",
+    "Callback",
+    "checkpoint_exists",
+    "Checkpointer",
+    "DeviceLoader",
+    "LRMonitor",
+    "MetricsLogger",
+    "OPTIMIZERS",
+    "Precision",
+    "SCHEDULERS",
+    "Scheduler",
+    "Trainer",
+    "TrainingDiverged",
+    "create_optimizer",
+    "create_scheduler",
+    "onecycle_peak_fraction",
+    "evaluate",
+    "load_checkpoint",
+    "resolve_channels_last",
+    "resolve_device",
+    "resolve_precision",
+    "save_checkpoint",
     "train_one_epoch",
 ]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
@@ -16,7 +16,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device = {name!r}, but this machine has no usable CUDA GPU; use trainer.device=cpu or auto.")
+        raise ConfigError(
+            f"trainer.device = {name!r}, but this machine has no usable CUDA GPU; use trainer.device=cpu or auto."
+        )
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("trainer.device = 'mps', but MPS is not available here; use trainer.device=cpu or auto.")
     return torch.device(name)
@@ -47,7 +49,9 @@ def cpu_flags(path: str | Path | None = None) -> frozenset[str]:
     return frozenset()
 
 
-def auto_precision(device_type: str, *, cuda_capability: tuple[int, int] | None = None, flags: Iterable[str] = ()) -> str:
+def auto_precision(
+    device_type: str, *, cuda_capability: tuple[int, int] | None = None, flags: Iterable[str] = ()
+) -> str:
     """What `trainer.precision = auto` means on a device, from the hardware facts alone: "bf16", "fp16" or "fp32".
 
     CUDA: bf16 from compute capability 8.0, fp16 (with a GradScaler) below. CPU: bf16 when its

@@ -37,9 +37,13 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun describes in the environment: NCCL on CUDA, Gloo on CPU."""
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         if var not in os.environ:
-            raise ConfigError(f"Distributed training needs the torchrun environment ({var} is not set): launch with `torchrun --nproc-per-node N -m vislab train ...`.")
+            raise ConfigError(
+                f"Distributed training needs the torchrun environment ({var} is not set): launch with `torchrun --nproc-per-node N -m vislab train ...`."
+            )
     info = DistInfo(
-        int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ["LOCAL_RANK"]),
         int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
     )
     use_cuda = torch.cuda.is_available() and device_name != "cpu"
@@ -49,7 +53,12 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=info.rank, world_size=info.world_size, device_id=device if use_cuda else None)
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo",
+            rank=info.rank,
+            world_size=info.world_size,
+            device_id=device if use_cuda else None,
+        )
     return info, device
 
 

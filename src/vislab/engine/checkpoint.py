@@ -20,6 +20,7 @@ from ..files import current_umask
 
 log = logging.getLogger(__name__)
 
+
 def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -64,13 +65,21 @@ def _set_cuda_rng_states(saved: list[torch.Tensor]) -> None:
     if len(saved) == gpus:
         return
     if not gpus:
-        log.info("the checkpoint's CUDA RNG states (%d GPU(s)) are not restored: this machine has no CUDA GPU", len(saved))
+        log.info(
+            "the checkpoint's CUDA RNG states (%d GPU(s)) are not restored: this machine has no CUDA GPU", len(saved)
+        )
     elif not saved:
-        log.info("the checkpoint holds no CUDA RNG state (it was saved without CUDA): the %d GPU(s) keep the states seeded from trainer.seed", gpus)
+        log.info(
+            "the checkpoint holds no CUDA RNG state (it was saved without CUDA): the %d GPU(s) keep the states seeded from trainer.seed",
+            gpus,
+        )
     else:
         log.warning(
             "the checkpoint holds CUDA RNG states of %d GPU(s), this machine has %d: restored %d, the rest keep the states "
-            "seeded from trainer.seed", len(saved), gpus, min(len(saved), gpus),
+            "seeded from trainer.seed",
+            len(saved),
+            gpus,
+            min(len(saved), gpus),
         )
 
 
@@ -87,7 +96,10 @@ def _set_generator_state(generator: torch.Generator, saved: torch.Tensor) -> Non
     log.warning(
         "the checkpoint's data generator state (%d bytes) does not fit this run's %s generator (%d bytes; it was saved "
         "on another device type): re-seeded it from the saved state, so data order and augmentation from here on differ "
-        "from an uninterrupted run", saved.numel(), generator.device.type, generator.get_state().numel(),
+        "from an uninterrupted run",
+        saved.numel(),
+        generator.device.type,
+        generator.get_state().numel(),
     )
 
 
@@ -142,7 +154,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     weights = {k: v.detach().to("cpu").contiguous() for k, v in state["model"].items()}
     bad = nonfinite_tensors(weights)
     if bad:
-        kept = "the checkpoint already there is kept" if checkpoint_exists(path) else "there is no earlier checkpoint there"
+        kept = (
+            "the checkpoint already there is kept"
+            if checkpoint_exists(path)
+            else "there is no earlier checkpoint there"
+        )
         raise TrainingDiverged(
             f"Checkpoint {str(path)!r} is not written: {len(bad)} weight tensor(s) hold NaN or infinite values (first: {bad[0]}), "
             f"so the weights are unusable; {kept}. Lower optim.lr (or sched.max_lr), or set optim.grad_clip (e.g. 1.0)."
@@ -193,7 +209,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not (path / SUMS_FILE).is_file() and (path.with_name(f".{path.name}.old") / SUMS_FILE).is_file():
         path = path.with_name(f".{path.name}.old")  # killed between the two renames of a save
     if not path.is_dir():
-        raise VislabError(f"Checkpoint {str(path)!r} does not exist; a run folder holds checkpoints/last once its first epoch has ended.")
+        raise VislabError(
+            f"Checkpoint {str(path)!r} does not exist; a run folder holds checkpoints/last once its first epoch has ended."
+        )
     try:
         sums = json.loads((path / SUMS_FILE).read_text())
         for name in (MODEL_FILE, STATE_FILE):

@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 class Callback:
     """No-op hooks; subclass and override the ones you need."""
 
-    def on_train_start(self, trainer: "Trainer") -> None: ...
+    def on_train_start(self, trainer: Trainer) -> None: ...
 
-    def on_batch_end(self, trainer: "Trainer", batch_idx: int, loss: torch.Tensor) -> None: ...
+    def on_batch_end(self, trainer: Trainer, batch_idx: int, loss: torch.Tensor) -> None: ...
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None: ...
 
-    def on_train_end(self, trainer: "Trainer") -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
 
 
 class MetricsLogger(Callback):
@@ -39,7 +39,7 @@ class MetricsLogger(Callback):
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         # Rewritten whole and atomically (a few KB): a kill mid-write never leaves a torn row.
         write_jsonl(self.path, trainer.history)
 
@@ -50,11 +50,11 @@ class LRMonitor(Callback):
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else None
 
-    def on_batch_end(self, trainer: "Trainer", batch_idx: int, loss: torch.Tensor) -> None:
+    def on_batch_end(self, trainer: Trainer, batch_idx: int, loss: torch.Tensor) -> None:
         # The LR that was used by the step that just ran was recorded before the scheduler stepped.
         trainer.lr_steps.append(trainer.step_lr)
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         if self.path is not None:
             atomic_write_text(self.path, json.dumps(trainer.lr_steps))
 
@@ -64,7 +64,7 @@ BEST, LAST, INTERRUPTED = "best", "last", "interrupted"
 
 
 def metric_mode(metric: str) -> str:
-    """"min" when a lower value of the metric is better (any loss), else "max" (accuracies)."""
+    """ "min" when a lower value of the metric is better (any loss), else "max" (accuracies)."""
     return "min" if metric.endswith("loss") else "max"
 
 
@@ -91,7 +91,7 @@ class Checkpointer(Callback):
             return True
         return value < best if self.mode == "min" else value > best
 
-    def on_epoch_end(self, trainer: "Trainer", row: dict[str, Any]) -> None:
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         value = row[self.metric]
         improved = self._better(value, trainer.best_metric)

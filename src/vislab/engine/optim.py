@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,21 +67,31 @@ class Scheduler:
             self.inner.load_state_dict(state)
 
 
-def onecycle_peak_fraction(epochs: int, steps_per_epoch: int, peak_epoch: float | None = None, peak_fraction: float | None = None) -> float:
+def onecycle_peak_fraction(
+    epochs: int, steps_per_epoch: int, peak_epoch: float | None = None, peak_fraction: float | None = None
+) -> float:
     """OneCycle's pct_start from a peak epoch or fraction (neither: 0.3, torch's default), checked against the real step count.
 
     torch's OneCycleLR divides by (pct_start * total_steps - 1), so a peak at or before the first optimizer step
     dies in a ZeroDivisionError (or runs a negative warm-up) instead of saying why.
     """
     if peak_epoch is not None and peak_fraction is not None:
-        raise ConfigError(f"sched.peak_epoch = {peak_epoch:g} and sched.peak_fraction = {peak_fraction:g} both place the OneCycle peak; set one of them to null.")
+        raise ConfigError(
+            f"sched.peak_epoch = {peak_epoch:g} and sched.peak_fraction = {peak_fraction:g} both place the OneCycle peak; set one of them to null."
+        )
     if peak_epoch is not None:
         if not 0 < peak_epoch < epochs:
-            raise ConfigError(f"sched.peak_epoch = {peak_epoch:g} must lie strictly between 0 and trainer.epochs = {epochs}.")
+            raise ConfigError(
+                f"sched.peak_epoch = {peak_epoch:g} must lie strictly between 0 and trainer.epochs = {epochs}."
+            )
         pct, where = peak_epoch / epochs, f"sched.peak_epoch = {peak_epoch:g}"
     else:
         pct = 0.3 if peak_fraction is None else peak_fraction
-        where = f"sched.peak_fraction = {pct:g}" if peak_fraction is not None else "the default OneCycle peak (30% of the run)"
+        where = (
+            f"sched.peak_fraction = {pct:g}"
+            if peak_fraction is not None
+            else "the default OneCycle peak (30% of the run)"
+        )
         if not 0 < pct < 1:
             raise ConfigError(f"sched.peak_fraction = {pct:g} must lie strictly between 0 and 1.")
     total = epochs * steps_per_epoch
@@ -142,8 +153,13 @@ def create_scheduler(
         return Scheduler(inner, "batch")
     if name == "plateau":
         inner = sched.ReduceLROnPlateau(
-            optimizer, mode=mode, factor=factor, patience=patience,
-            threshold=threshold, threshold_mode=threshold_mode, min_lr=min_lr,
+            optimizer,
+            mode=mode,
+            factor=factor,
+            patience=patience,
+            threshold=threshold,
+            threshold_mode=threshold_mode,
+            min_lr=min_lr,
         )
         return Scheduler(inner, "epoch", monitor=monitor)
     if name == "step":

@@ -7,8 +7,9 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ PROGRESS_INTERVAL = 0.5
 
 
 @contextlib.contextmanager
-def _stop_on_signals(trainer: "Trainer"):
+def _stop_on_signals(trainer: Trainer):
     """SIGINT/SIGTERM ask the trainer to stop after the current step; a second SIGINT aborts at once."""
     if threading.current_thread() is not threading.main_thread() or trainer.distributed:
         # Handlers can only be installed from the main thread. Under torchrun, ranks would stop at
@@ -41,7 +42,9 @@ def _stop_on_signals(trainer: "Trainer"):
         if trainer.stop_signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         trainer.stop_signal = signum
-        log.warning("%s received: stopping after the current step (Ctrl-C again to abort now)", signal.Signals(signum).name)
+        log.warning(
+            "%s received: stopping after the current step (Ctrl-C again to abort now)", signal.Signals(signum).name
+        )
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -74,7 +77,7 @@ def train_one_epoch(
     l1: float = 0.0,
     grad_clip: float | None = None,
     channels_last: bool = False,
-    trainer: "Trainer | None" = None,
+    trainer: Trainer | None = None,
     callbacks: Sequence[Callback] = (),
     on_step: Callable[[float], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -161,7 +164,9 @@ def train_one_epoch(
                 _check_finite(first_bad, lrs, epoch)
         if progress and now - last_refresh > PROGRESS_INTERVAL:
             last_refresh = now
-            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}", lr=f"{lr:.2e}")
+            bar.set_postfix(
+                loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}", lr=f"{lr:.2e}"
+            )
         if should_stop is not None and should_stop():
             break
     bar.close()
@@ -169,9 +174,16 @@ def train_one_epoch(
         _check_finite(first_bad, lrs, epoch)
     loss_total, ce_total, correct_total, seen = reduce_sums(loss_sum, ce_sum, correct, seen)  # over all ranks under DDP
     if seen == 0:
-        raise VislabError("The training loader produced no batch: the training set is smaller than trainer.batch_size with trainer.drop_last=true.")
+        raise VislabError(
+            "The training loader produced no batch: the training set is smaller than trainer.batch_size with trainer.drop_last=true."
+        )
     # The LR the last step used; the optimizer's current value is already the next step's.
-    return {"train_loss": loss_total / seen, "train_ce": ce_total / seen, "train_acc": 100.0 * correct_total / seen, "lr": lr}
+    return {
+        "train_loss": loss_total / seen,
+        "train_ce": ce_total / seen,
+        "train_acc": 100.0 * correct_total / seen,
+        "lr": lr,
+    }
 
 
 def _check_finite(first_bad: torch.Tensor, lrs: list[float], epoch: int | None) -> None:
@@ -279,7 +291,9 @@ class Trainer:
         self.best_epoch: int | None = None
         self.should_stop = False  # a hook may set this to end training after the current epoch
         self.stop_signal: int | None = None  # set by SIGINT/SIGTERM: stop after the current step
-        self.interrupt_dir = Path(interrupt_dir) if interrupt_dir is not None else None  # where an interrupted epoch's checkpoint goes
+        self.interrupt_dir = (
+            Path(interrupt_dir) if interrupt_dir is not None else None
+        )  # where an interrupted epoch's checkpoint goes
         self.distributed = distributed  # under torchrun: no graceful signal handling (see _stop_on_signals)
 
     def fit(self) -> list[dict[str, Any]]:
@@ -298,12 +312,24 @@ class Trainer:
         step0 = self.global_step
         try:
             train = train_one_epoch(
-                self.forward_model, self.train_loader, self.optimizer,
-                device=self.device, precision=self.precision, scheduler=self.scheduler, scaler=self.scaler,
-                label_smoothing=self.label_smoothing, l1=self.l1, grad_clip=self.grad_clip,
-                channels_last=self.channels_last, trainer=self, callbacks=self.callbacks, on_step=self._count_step,
-                should_stop=lambda: self.stop_signal is not None, epoch=epoch,
-                progress=self.progress, desc=f"epoch {epoch}/{self.epochs}",
+                self.forward_model,
+                self.train_loader,
+                self.optimizer,
+                device=self.device,
+                precision=self.precision,
+                scheduler=self.scheduler,
+                scaler=self.scaler,
+                label_smoothing=self.label_smoothing,
+                l1=self.l1,
+                grad_clip=self.grad_clip,
+                channels_last=self.channels_last,
+                trainer=self,
+                callbacks=self.callbacks,
+                on_step=self._count_step,
+                should_stop=lambda: self.stop_signal is not None,
+                epoch=epoch,
+                progress=self.progress,
+                desc=f"epoch {epoch}/{self.epochs}",
             )
             # The loss check cannot see an update that broke the weights after the last loss was
             # computed (the epoch's final step); such weights must never become a checkpoint.
@@ -311,10 +337,22 @@ class Trainer:
             if self.stop_signal is not None:
                 self._save_interrupted()
                 raise Interrupted(self.stop_signal, epoch, self.global_step - step0)
-            test = evaluate(self.eval_model, self.test_loader, device=self.device, precision=self.precision, channels_last=self.channels_last)
+            test = evaluate(
+                self.eval_model,
+                self.test_loader,
+                device=self.device,
+                precision=self.precision,
+                channels_last=self.channels_last,
+            )
             val = {}
             if self.val_loader is not None:
-                m = evaluate(self.eval_model, self.val_loader, device=self.device, precision=self.precision, channels_last=self.channels_last)
+                m = evaluate(
+                    self.eval_model,
+                    self.val_loader,
+                    device=self.device,
+                    precision=self.precision,
+                    channels_last=self.channels_last,
+                )
                 val = {"val_loss": m["test_loss"], "val_acc": m["test_acc"]}
         except torch.OutOfMemoryError:
             bs = getattr(self.train_loader, "batch_size", "?")
@@ -339,9 +377,15 @@ class Trainer:
         self.history.append(row)
         log.info(
             "epoch %d/%d  train loss %.4f acc %.2f%%%s  test loss %.4f acc %.2f%%  lr %.3g  %.1fs",
-            epoch, self.epochs, row["train_loss"], row["train_acc"],
+            epoch,
+            self.epochs,
+            row["train_loss"],
+            row["train_acc"],
             f"  val loss {val['val_loss']:.4f} acc {val['val_acc']:.2f}%" if val else "",
-            row["test_loss"], row["test_acc"], train["lr"], row["seconds"],
+            row["test_loss"],
+            row["test_acc"],
+            train["lr"],
+            row["seconds"],
         )
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)

@@ -70,9 +70,15 @@ class DeletionResult:
 
     def as_dict(self) -> dict[str, float | bool]:
         return {
-            "images": int(self.p_orig.numel()), "fraction": self.fraction, "p_orig": self._mean(self.p_orig),
-            "cam_drop": self.cam_drop, "random_drop": self.random_drop, "region_drop": self.region_drop,
-            "win_rate": self.win_rate, "drops_too_small": self.drops_too_small, "min_meaningful_drop": MIN_MEANINGFUL_DROP,
+            "images": int(self.p_orig.numel()),
+            "fraction": self.fraction,
+            "p_orig": self._mean(self.p_orig),
+            "cam_drop": self.cam_drop,
+            "random_drop": self.random_drop,
+            "region_drop": self.region_drop,
+            "win_rate": self.win_rate,
+            "drops_too_small": self.drops_too_small,
+            "min_meaningful_drop": MIN_MEANINGFUL_DROP,
         }
 
 
@@ -88,7 +94,14 @@ def top_mask(cams: Tensor, fraction: float, generator: torch.Generator | None = 
     return torch.zeros(n, h * w, dtype=torch.bool, device=cams.device).scatter_(1, idx, True).view(n, h, w)
 
 
-def random_mask(n: int, h: int, w: int, fraction: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
+def random_mask(
+    n: int,
+    h: int,
+    w: int,
+    fraction: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
     """(N, H, W) bool: round(fraction * H * W) pixels of each image, drawn uniformly without replacement."""
     k = round(fraction * h * w)
     keys = torch.rand(n, h * w, generator=generator, device=generator.device if generator is not None else "cpu")
@@ -97,7 +110,12 @@ def random_mask(n: int, h: int, w: int, fraction: float, generator: torch.Genera
 
 
 def random_region_mask(
-    n: int, h: int, w: int, fraction: float, grid: tuple[int, int], generator: torch.Generator | None = None,
+    n: int,
+    h: int,
+    w: int,
+    fraction: float,
+    grid: tuple[int, int],
+    generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> Tensor:
     """(N, H, W) bool: the top `fraction` of a random (grid) map upsampled bilinearly, i.e. a CAM-like random blob."""
@@ -134,7 +152,9 @@ def deletion_test(
         raise ConfigError(f"repeats = {repeats!r}: at least one random mask per image is needed.")
     n, _, h, w = x.shape
     if cams.shape != (n, h, w):
-        raise ConfigError(f"cams has shape {tuple(cams.shape)}; the deletion test needs one map per image at image size {(n, h, w)} (use upsample=True).")
+        raise ConfigError(
+            f"cams has shape {tuple(cams.shape)}; the deletion test needs one map per image at image size {(n, h, w)} (use upsample=True)."
+        )
     grid = region_grid or (max(1, h // 8), max(1, w // 8))
     param = next(model.parameters(), None)
     device = param.device if param is not None else x.device
@@ -150,11 +170,20 @@ def deletion_test(
     t = torch.as_tensor(targets).long().to(device).repeat(k)
     with explaining(model), torch.no_grad():
         # chunked so that a large sample (k N images) never needs one huge activation batch
-        probs = torch.cat([
-            model(variants[i : i + DELETION_BATCH]).float().softmax(dim=1).gather(1, t[i : i + DELETION_BATCH, None])[:, 0].cpu()
-            for i in range(0, variants.shape[0], DELETION_BATCH)
-        ]).view(k, n)
+        probs = torch.cat(
+            [
+                model(variants[i : i + DELETION_BATCH])
+                .float()
+                .softmax(dim=1)
+                .gather(1, t[i : i + DELETION_BATCH, None])[:, 0]
+                .cpu()
+                for i in range(0, variants.shape[0], DELETION_BATCH)
+            ]
+        ).view(k, n)
     return DeletionResult(
-        fraction=fraction, p_orig=probs[0], p_cam=probs[1],
-        p_random=probs[2 : 2 + repeats].mean(0), p_region=probs[2 + repeats :].mean(0),
+        fraction=fraction,
+        p_orig=probs[0],
+        p_cam=probs[1],
+        p_random=probs[2 : 2 + repeats].mean(0),
+        p_region=probs[2 + repeats :].mean(0),
     )

@@ -39,7 +39,9 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module | None = None) -> nn.
         return get_target_layer(model)
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
-            raise ConfigError(f"layer: the module given ({type(layer).__name__}) is not part of {type(model).__name__}.")
+            raise ConfigError(
+                f"layer: the module given ({type(layer).__name__}) is not part of {type(model).__name__}."
+            )
         return layer
     try:
         return model.get_submodule(layer)
@@ -93,7 +95,9 @@ def check_images(x: Tensor, name: str = "x", *, stacklevel: int = 2) -> Tensor:
     if not isinstance(x, Tensor):
         raise ConfigError(f"{name}: got a {type(x).__name__}; expected a torch.Tensor of {NORMALIZE_HINT}.")
     if x.ndim != 4:
-        raise ConfigError(f"{name} must be a batch of normalized images shaped (N, C, H, W); got shape {tuple(x.shape)}.")
+        raise ConfigError(
+            f"{name} must be a batch of normalized images shaped (N, C, H, W); got shape {tuple(x.shape)}."
+        )
     if not x.is_floating_point():
         raise ConfigError(
             f"{name}: got a {x.dtype} tensor of shape {tuple(x.shape)}, i.e. raw pixel values; expected {NORMALIZE_HINT}."
@@ -114,7 +118,9 @@ def check_images(x: Tensor, name: str = "x", *, stacklevel: int = 2) -> Tensor:
 def _check_targets(targets: Tensor, n: int, num_classes: int, name: str) -> Tensor:
     targets = torch.as_tensor(targets).long().flatten().clone()  # a normal tensor even if made under inference_mode
     if targets.numel() != n:
-        raise ConfigError(f"{name}: {targets.numel()} target classes given for a batch of {n} images; give one per image.")
+        raise ConfigError(
+            f"{name}: {targets.numel()} target classes given for a batch of {n} images; give one per image."
+        )
     if n and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
         raise ConfigError(f"{name}: target classes must lie in [0, {num_classes}); got {targets.tolist()}.")
     return targets
@@ -164,7 +170,9 @@ def _grad_cam_targets(
         act = store.get("out")
         if not isinstance(act, Tensor) or act.ndim != 4:
             kind = type(act).__name__ if not isinstance(act, Tensor) else f"a {act.ndim}-d tensor"
-            raise ConfigError(f"layer: Grad-CAM needs a layer whose output is a (N, C, h, w) feature map; {type(target_layer).__name__} returned {kind}.")
+            raise ConfigError(
+                f"layer: Grad-CAM needs a layer whose output is a (N, C, h, w) feature map; {type(target_layer).__name__} returned {kind}."
+            )
         names = list(targets)
         maps: dict[str, Tensor] = {}
         for i, name in enumerate(names):
@@ -174,7 +182,9 @@ def _grad_cam_targets(
             weights = grads.float().mean(dim=(2, 3), keepdim=True)  # (N, K, 1, 1)
             cam = F.relu((weights * act.detach().float()).sum(dim=1))  # (N, h, w)
             if upsample:
-                cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]  # (N, H, W)
+                cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[
+                    :, 0
+                ]  # (N, H, W)
             maps[name] = cam.detach()
     return CamResult(maps=maps, logits=logits.detach(), grid=(int(act.shape[2]), int(act.shape[3])))
 

@@ -46,7 +46,11 @@ def predict(
         with torch.inference_mode():
             for i in range(0, images.shape[0], batch_size):
                 x = transform(images[i : i + batch_size].to(device)).to(memory_format=memory_format)
-                ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
+                ctx = (
+                    torch.autocast(device.type, dtype=autocast_dtype)
+                    if autocast_dtype is not None
+                    else contextlib.nullcontext()
+                )
                 with ctx:
                     out.append(model(x).float().cpu())
     finally:

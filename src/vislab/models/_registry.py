@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -50,7 +51,8 @@ def build_model(model_cls: type[M], kwargs: dict[str, Any], **fixed: Any) -> M:
     """
     params = inspect.signature(model_cls).parameters
     allowed = sorted(
-        p for p, spec in params.items()
+        p
+        for p, spec in params.items()
         if p not in fixed and spec.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     )
     unknown = sorted(k for k in kwargs if k not in allowed)

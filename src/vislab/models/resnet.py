@@ -10,8 +10,8 @@ from torch import nn
 
 from vislab.errors import ConfigError
 from vislab.models._layers import (
-    check_common,
     DEFAULT_GROUPS,
+    check_common,
     init_weights,
     make_norm,
     scale_channels,

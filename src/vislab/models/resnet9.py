@@ -10,8 +10,8 @@ from torch import nn
 
 from vislab.errors import ConfigError
 from vislab.models._layers import (
-    check_common,
     DEFAULT_GROUPS,
+    check_common,
     conv_norm_act,
     init_weights,
     make_norm,
@@ -64,8 +64,12 @@ class ResNet9(nn.Module):
     ) -> None:
         super().__init__()
         width = check_common(norm, groups, width, num_classes, in_chans)
-        if isinstance(logit_scale, bool) or not isinstance(logit_scale, (int, float)) \
-                or not math.isfinite(logit_scale) or logit_scale <= 0:
+        if (
+            isinstance(logit_scale, bool)
+            or not isinstance(logit_scale, (int, float))
+            or not math.isfinite(logit_scale)
+            or logit_scale <= 0
+        ):
             raise ConfigError(
                 f"model.logit_scale: {logit_scale!r} is not valid; it must be a finite number > 0 "
                 "(1.0 = plain logits, 0.125 = David Page's setting)."

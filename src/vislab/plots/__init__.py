@@ -13,7 +13,20 @@ from ._matrix import plot_confusion_matrix, plot_per_class_accuracy
 from ._style import HEATMAP_CMAP, MATRIX_CMAP, PALETTE
 
 __all__ = [
-    "HEATMAP_CMAP", "MATRIX_CMAP", "PALETTE", "denormalize", "overlay_heatmap", "plot_accuracy", "plot_augmented",
-    "plot_compare", "plot_confusion_matrix", "plot_curves", "plot_gradcam", "plot_image_grid", "plot_loss",
-    "plot_lr", "plot_misclassified", "plot_per_class_accuracy",
+    "HEATMAP_CMAP",
+    "MATRIX_CMAP",
+    "PALETTE",
+    "denormalize",
+    "overlay_heatmap",
+    "plot_accuracy",
+    "plot_augmented",
+    "plot_compare",
+    "plot_confusion_matrix",
+    "plot_curves",
+    "plot_gradcam",
+    "plot_image_grid",
+    "plot_loss",
+    "plot_lr",
+    "plot_misclassified",
+    "plot_per_class_accuracy",
 ]

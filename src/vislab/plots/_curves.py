@@ -25,7 +25,9 @@ def _pair(ax: Axes | Sequence[Axes] | None, figsize: tuple[float, float]) -> tup
         a, b = fig.subplots(1, 2)
         return fig, a, b
     if isinstance(ax, Axes) or len(ax) != 2:
-        raise ConfigError("ax: this plot draws two panels (loss, accuracy); pass a pair of Axes, or None for a new figure.")
+        raise ConfigError(
+            "ax: this plot draws two panels (loss, accuracy); pass a pair of Axes, or None for a new figure."
+        )
     return ax[0].figure, ax[0], ax[1]
 
 
@@ -45,11 +47,15 @@ def _loss_series(history: Rows) -> list[tuple[str, str, str]]:
         # Runs logged before train_ce existed: their train_loss is the objective, which may include label smoothing / L1.
         return [("train_loss", "train objective (may include label smoothing / L1)", "--"), *_LOSS_SERIES[2:]]
     # The objective gets its own line only where it differs from the plain cross-entropy.
-    differs = any(r.get("train_ce") is not None and abs(float(r["train_loss"]) - float(r["train_ce"])) > 1e-9 for r in history)
+    differs = any(
+        r.get("train_ce") is not None and abs(float(r["train_loss"]) - float(r["train_ce"])) > 1e-9 for r in history
+    )
     return [s for s in _LOSS_SERIES if s[0] != "train_loss" or differs]
 
 
-def _plot_metric(history: Rows, ax: Axes | None, series: Sequence[tuple[str, str, str]], ylabel: str, title: str) -> Figure:
+def _plot_metric(
+    history: Rows, ax: Axes | None, series: Sequence[tuple[str, str, str]], ylabel: str, title: str
+) -> Figure:
     fig, ax = new_axes(ax, (5.0, 3.4))
     for i, (key, label, style) in enumerate(series):
         x, y = _series(history, key)
@@ -91,8 +97,14 @@ def plot_lr(lr_steps: Sequence[float], ax: Axes | None = None, *, history: Rows 
     epochs = [r for r in (history or []) if r.get("lr") is not None]
     if epochs and steps and len(lr_steps) % len(epochs) == 0:
         per_epoch = len(lr_steps) // len(epochs)
-        ax.plot([per_epoch * int(r["epoch"]) for r in epochs], [float(r["lr"]) for r in epochs], "o", ms=4,
-                color=color(3), label="epoch end")
+        ax.plot(
+            [per_epoch * int(r["epoch"]) for r in epochs],
+            [float(r["lr"]) for r in epochs],
+            "o",
+            ms=4,
+            color=color(3),
+            label="epoch end",
+        )
         sec = ax.secondary_xaxis("top", functions=(lambda s: s / per_epoch, lambda e: e * per_epoch))
         sec.set_xlabel("epoch")
     positive = [v for v in lr_steps if v > 0]

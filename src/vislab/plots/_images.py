@@ -53,7 +53,9 @@ def overlay_heatmap(
     img = _hwc(images)  # (N, H, W, 3)
     c = cams.detach().float().cpu()
     if c.shape != img.shape[:3]:
-        raise ConfigError(f"cams shaped {tuple(c.shape)} do not match the images {img.shape[:3]}; upsample the maps to image size.")
+        raise ConfigError(
+            f"cams shaped {tuple(c.shape)} do not match the images {img.shape[:3]}; upsample the maps to image size."
+        )
     if vmax is None:
         peak = c.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
     else:
@@ -135,7 +137,7 @@ def misclassified_titles(
     true_probs: Sequence[float] | None = None,
     losses: Sequence[float] | None = None,
 ) -> list[str]:
-    """"pred: X (p=..)" / "true: Y [(p=..)]" [/ "loss .."] per image: whatever a gallery may be ordered by is on the tile."""
+    """ "pred: X (p=..)" / "true: Y [(p=..)]" [/ "loss .."] per image: whatever a gallery may be ordered by is on the tile."""
     n = len(labels)
     tp = list(true_probs) if true_probs is not None else [None] * n
     ls = list(losses) if losses is not None else [None] * n
@@ -165,9 +167,14 @@ def plot_misclassified(
     With `true_probs` (probability of the true class) and `losses` (per-image cross-entropy) the tiles show
     those too, so a gallery ordered by loss or by confidence shows on each tile the number it is sorted by.
     """
-    titles = misclassified_titles(_ints(labels), _ints(preds), _floats(probs), classes,
-                                  _floats(true_probs) if true_probs is not None else None,
-                                  _floats(losses) if losses is not None else None)
+    titles = misclassified_titles(
+        _ints(labels),
+        _ints(preds),
+        _floats(probs),
+        classes,
+        _floats(true_probs) if true_probs is not None else None,
+        _floats(losses) if losses is not None else None,
+    )
     return plot_image_grid(images, titles, ax, ncols=ncols)
 
 
@@ -220,7 +227,9 @@ def plot_gradcam(
         label, top = "Grad-CAM, raw values on one scale for every map", vmax if vmax and vmax > 0 else 1.0
     else:
         label, top = "Grad-CAM / the map's own maximum (its raw max is above it)", 1.0
-    return plot_image_grid(stack, titles, ax, ncols=group * groups_per_row, group=group, colorbar=label, colorbar_max=top)
+    return plot_image_grid(
+        stack, titles, ax, ncols=group * groups_per_row, group=group, colorbar=label, colorbar_max=top
+    )
 
 
 def _cam_class(

@@ -51,14 +51,22 @@ def plot_confusion_matrix(
     return fig
 
 
-def plot_per_class_accuracy(acc: torch.Tensor | np.ndarray | Sequence[float], classes: Sequence[str], ax: Axes | None = None) -> Figure:
+def plot_per_class_accuracy(
+    acc: torch.Tensor | np.ndarray | Sequence[float], classes: Sequence[str], ax: Axes | None = None
+) -> Figure:
     """Horizontal bars of accuracy (%) per class, the overall mean of the classes as a dashed line."""
     values = _as_numpy(acc).astype(np.float64)
     fig, ax = new_axes(ax, (5.5, max(2.5, 0.32 * len(classes) + 1.0)))
     y = np.arange(len(classes))
     ax.barh(y, np.nan_to_num(values), color=color(0))
     for yi, v in zip(y, values):
-        ax.text(min(v, 100.0) + 1 if np.isfinite(v) else 1, yi, f"{v:.1f}" if np.isfinite(v) else "n/a", va="center", fontsize=8)
+        ax.text(
+            min(v, 100.0) + 1 if np.isfinite(v) else 1,
+            yi,
+            f"{v:.1f}" if np.isfinite(v) else "n/a",
+            va="center",
+            fontsize=8,
+        )
     title = "per-class accuracy"
     if np.isfinite(values).any():
         mean = float(np.nanmean(values))

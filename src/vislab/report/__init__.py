@@ -5,15 +5,35 @@ from __future__ import annotations
 # Public names, imported on first use: cli.py imports vislab.report.commands to build its parser, and that
 # must not pull in torch and matplotlib (`vislab --version` stays instant).
 _LAZY = {
-    "Comparison": "_compare", "compare_runs": "_compare",
-    "ExplainResult": "_explain", "Explanation": "_explain", "explain_loaded": "_explain", "explain_run": "_explain",
-    "Report": "_report", "make_report": "_report", "write_report": "_report",
-    "LoadedRun": "_rundir", "RunFolder": "_rundir", "load_run": "_rundir", "read_run": "_rundir",
+    "Comparison": "_compare",
+    "compare_runs": "_compare",
+    "ExplainResult": "_explain",
+    "Explanation": "_explain",
+    "explain_loaded": "_explain",
+    "explain_run": "_explain",
+    "Report": "_report",
+    "make_report": "_report",
+    "write_report": "_report",
+    "LoadedRun": "_rundir",
+    "RunFolder": "_rundir",
+    "load_run": "_rundir",
+    "read_run": "_rundir",
 }
 
 __all__ = [
-    "Comparison", "ExplainResult", "Explanation", "LoadedRun", "Report", "RunFolder", "compare_runs", "explain_loaded",
-    "explain_run", "load_run", "make_report", "read_run", "write_report",
+    "Comparison",
+    "ExplainResult",
+    "Explanation",
+    "LoadedRun",
+    "Report",
+    "RunFolder",
+    "compare_runs",
+    "explain_loaded",
+    "explain_run",
+    "load_run",
+    "make_report",
+    "read_run",
+    "write_report",
 ]
 
 

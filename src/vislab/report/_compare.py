@@ -9,11 +9,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..files import atomic_write_text
 from ..config import list_recipes, load_config
 from ..errors import ConfigError
+from ..files import atomic_write_text
 from ..plots import plot_compare
-from ..results import COURSE_SETUP, CourseReference, course_references, plot_course_curve, recipe_differences, run_data, run_recipe
+from ..results import (
+    COURSE_SETUP,
+    CourseReference,
+    course_references,
+    plot_course_curve,
+    recipe_differences,
+    run_data,
+    run_recipe,
+)
 from ._render import Document
 from ._rundir import RunFolder, read_run
 
@@ -65,12 +73,19 @@ def _reference_rows(folders: Sequence[RunFolder], labels: Sequence[str], referen
         ref = refs.get(recipe)
         done = len(f.history)
         final = (f.final_row() or {}).get("test_acc")
-        out.append({
-            "run": label, "recipe": recipe, "found": how, "reference": ref, "epochs_done": done,
-            "final_test_acc": final, "course_final_test_acc": ref.final if ref else None,
-            "course_test_acc_at_epoch": ref.at_epoch(done) if ref else None,
-            "differences": recipe_differences(f.config, recipes[recipe]) if recipe in recipes else [],
-        })
+        out.append(
+            {
+                "run": label,
+                "recipe": recipe,
+                "found": how,
+                "reference": ref,
+                "epochs_done": done,
+                "final_test_acc": final,
+                "course_final_test_acc": ref.final if ref else None,
+                "course_test_acc_at_epoch": ref.at_epoch(done) if ref else None,
+                "differences": recipe_differences(f.config, recipes[recipe]) if recipe in recipes else [],
+            }
+        )
     if not any(r["reference"] for r in out):
         names = ", ".join(sorted({r["recipe"] for r in out}))
         raise ConfigError(
@@ -91,10 +106,31 @@ def _reference_section(doc: Document, refs: list[dict[str, Any]], rows: list[dic
         "The figure above overlays the course's per-epoch test accuracy (black, dashed) where the course published one."
     )
     doc.table(
-        ["run", "recipe", "how the recipe was found", "data", "machine", "epochs", "vislab test acc at its last epoch (%)",
-         "course at the same epoch (%)", "course final test acc (%)"],
-        [[r["run"], r["recipe"], r["found"], row["data"], row["machine"], row["epochs"], pct(r["final_test_acc"]),
-          pct(r["course_test_acc_at_epoch"]), pct(r["course_final_test_acc"])] for r, row in zip(refs, rows)],
+        [
+            "run",
+            "recipe",
+            "how the recipe was found",
+            "data",
+            "machine",
+            "epochs",
+            "vislab test acc at its last epoch (%)",
+            "course at the same epoch (%)",
+            "course final test acc (%)",
+        ],
+        [
+            [
+                r["run"],
+                r["recipe"],
+                r["found"],
+                row["data"],
+                row["machine"],
+                row["epochs"],
+                pct(r["final_test_acc"]),
+                pct(r["course_test_acc_at_epoch"]),
+                pct(r["course_final_test_acc"]),
+            ]
+            for r, row in zip(refs, rows)
+        ],
     )
     for r in refs:
         ref: CourseReference | None = r["reference"]
@@ -102,18 +138,27 @@ def _reference_section(doc: Document, refs: list[dict[str, Any]], rows: list[dic
             doc.para(f"{r['run']}: recipe {r['recipe']} has no course reference (it is vislab's own).", note=True)
             continue
         if not ref.curve:
-            doc.para(f"{r['run']}: the course published no per-epoch log for {ref.recipe}; only the final figures are compared.", note=True)
+            doc.para(
+                f"{r['run']}: the course published no per-epoch log for {ref.recipe}; only the final figures are compared.",
+                note=True,
+            )
         if ref.curve_note:
             doc.para(
                 f"{r['run']}: the course's {ref.recipe} curve is {ref.curve_note}. That attempt ended at {ref.curve_final:.2f}%; "
-                f"the course's final figure for the recipe's settings is {ref.final:.2f}%.", note=True,
+                f"the course's final figure for the recipe's settings is {ref.final:.2f}%.",
+                note=True,
             )
         if r["differences"]:
-            doc.para(f"{r['run']} differs from today's {r['recipe']} recipe in: " + "; ".join(r["differences"]) + ".", note=True)
+            doc.para(
+                f"{r['run']} differs from today's {r['recipe']} recipe in: " + "; ".join(r["differences"]) + ".",
+                note=True,
+            )
         doc.para(f"{r['run']}: the course's settings, as stated: {ref.settings}.", note=True)
 
 
-def compare_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None, reference: bool | str = False) -> Comparison:
+def compare_runs(
+    run_dirs: Sequence[str | Path], out: str | Path | None = None, reference: bool | str = False
+) -> Comparison:
     """Write compare.md, compare.html (self-contained) and compare.png into `out` (default runs/compare-<time>).
 
     `reference=True` adds the course's reference of the recipe each run ran (the per-epoch test
@@ -133,14 +178,24 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
         best, final = f.best_row() or {}, f.final_row() or {}
         m = f.config.model
         data = run_data(f.config, f.summary)
-        rows.append({
-            "run": label, "run_dir": str(f.run_dir), "model": f"{m.name} w{m.width:g} {m.norm}",
-            "optimizer": f"{f.config.optim.name} / {f.config.sched.name}", "epochs": f"{len(f.history)}/{f.config.trainer.epochs}",
-            "data": data["name"], "train_images": data["train_images"], "test_images": data["test_images"],
-            "machine": (f.summary or {}).get("device_name") or "not recorded (no summary.json yet)",
-            "best_test_acc": best.get("test_acc"), "best_epoch": best.get("epoch"), "final_test_acc": final.get("test_acc"),
-            "final_test_loss": final.get("test_loss"), "train_seconds": sum(float(r.get("seconds", 0.0)) for r in f.history),
-        })
+        rows.append(
+            {
+                "run": label,
+                "run_dir": str(f.run_dir),
+                "model": f"{m.name} w{m.width:g} {m.norm}",
+                "optimizer": f"{f.config.optim.name} / {f.config.sched.name}",
+                "epochs": f"{len(f.history)}/{f.config.trainer.epochs}",
+                "data": data["name"],
+                "train_images": data["train_images"],
+                "test_images": data["test_images"],
+                "machine": (f.summary or {}).get("device_name") or "not recorded (no summary.json yet)",
+                "best_test_acc": best.get("test_acc"),
+                "best_epoch": best.get("epoch"),
+                "final_test_acc": final.get("test_acc"),
+                "final_test_loss": final.get("test_loss"),
+                "train_seconds": sum(float(r.get("seconds", 0.0)) for r in f.history),
+            }
+        )
 
     def num(v: Any, fmt: str) -> str:
         return format(v, fmt) if isinstance(v, (int, float)) else "n/a"
@@ -149,23 +204,58 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None, 
         return f"{v:,}" if isinstance(v, int) else str(v)
 
     doc = Document(f"vislab compare: {len(folders)} runs")
-    doc.para(f"Written by vislab on {datetime.now():%Y-%m-%d %H:%M}. Best = the epoch picked by each run's trainer.checkpoint_metric.")
+    doc.para(
+        f"Written by vislab on {datetime.now():%Y-%m-%d %H:%M}. Best = the epoch picked by each run's trainer.checkpoint_metric."
+    )
     doc.table(
-        ["run", "data", "train images", "test images", "model", "optimizer / schedule", "epochs", "best test acc (%)", "best epoch",
-         "final test acc (%)", "final test loss", "train seconds"],
-        [[r["run"], r["data"], count(r["train_images"]), count(r["test_images"]), r["model"], r["optimizer"], r["epochs"],
-          num(r["best_test_acc"], ".2f"), r["best_epoch"] if r["best_epoch"] is not None else "n/a",
-          num(r["final_test_acc"], ".2f"), num(r["final_test_loss"], ".4f"), num(r["train_seconds"], ".0f")] for r in rows],
+        [
+            "run",
+            "data",
+            "train images",
+            "test images",
+            "model",
+            "optimizer / schedule",
+            "epochs",
+            "best test acc (%)",
+            "best epoch",
+            "final test acc (%)",
+            "final test loss",
+            "train seconds",
+        ],
+        [
+            [
+                r["run"],
+                r["data"],
+                count(r["train_images"]),
+                count(r["test_images"]),
+                r["model"],
+                r["optimizer"],
+                r["epochs"],
+                num(r["best_test_acc"], ".2f"),
+                r["best_epoch"] if r["best_epoch"] is not None else "n/a",
+                num(r["final_test_acc"], ".2f"),
+                num(r["final_test_loss"], ".4f"),
+                num(r["train_seconds"], ".0f"),
+            ]
+            for r in rows
+        ],
     )
     if len({(r["data"], r["train_images"], r["test_images"]) for r in rows}) > 1:
-        doc.para("The runs used different data (see the data columns): their accuracies are not directly comparable.", note=True)
+        doc.para(
+            "The runs used different data (see the data columns): their accuracies are not directly comparable.",
+            note=True,
+        )
     fig = plot_compare({label: f.history for label, f in zip(labels, folders)})
     if refs:
         acc = fig.axes[1]  # plot_compare's accuracy panel
         for ref in {r["reference"].recipe: r["reference"] for r in refs if r["reference"]}.values():
             plot_course_curve(ref, acc)
         acc.legend(fontsize="small")
-    doc.image("compare.png", fig, "loss and accuracy per epoch of every run" + (", with the course's test accuracy" if refs else ""))
+    doc.image(
+        "compare.png",
+        fig,
+        "loss and accuracy per epoch of every run" + (", with the course's test accuracy" if refs else ""),
+    )
     if refs:
         _reference_section(doc, refs, rows)
     doc.para("Run folders: " + "; ".join(f"{r['run']} = {r['run_dir']}" for r in rows), note=True)

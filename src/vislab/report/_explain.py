@@ -13,7 +13,6 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from ..files import atomic_write_text
 from ..explain import (
     DELETE_FRACTION,
     PREDICTIONS_FILE,
@@ -28,6 +27,7 @@ from ..explain import (
     resolve_layer,
     select_misclassified,
 )
+from ..files import atomic_write_text
 from ..plots import plot_gradcam, plot_image_grid, plot_misclassified
 from ._rundir import LoadedRun, load_run
 
@@ -77,10 +77,18 @@ def _cam_targets(target: str, preds: Tensor, labels: Tensor) -> dict[str, Tensor
 
 
 def _faithfulness(
-    run: LoadedRun, x: Tensor, cams: dict[str, Tensor], targets: dict[str, Tensor], grid: tuple[int, int], prefix: str, seed: int
+    run: LoadedRun,
+    x: Tensor,
+    cams: dict[str, Tensor],
+    targets: dict[str, Tensor],
+    grid: tuple[int, int],
+    prefix: str,
+    seed: int,
 ) -> dict[str, dict[str, float]]:
     return {
-        f"{prefix}/{k}": deletion_test(run.model, x, cams[k], targets[k], fraction=DELETE_FRACTION, region_grid=grid, seed=seed).as_dict()
+        f"{prefix}/{k}": deletion_test(
+            run.model, x, cams[k], targets[k], fraction=DELETE_FRACTION, region_grid=grid, seed=seed
+        ).as_dict()
         for k in cams
     }
 
@@ -123,7 +131,9 @@ def explain_loaded(
         return [slice(i, i + per_page) for i in range(0, count, max(per_page, 1))]
 
     if idx.numel():
-        pages["misclassified"] = [plot_misclassified(images[sl], y[sl], preds[sl], probs[sl], classes) for sl in paged(len(idx), 1)]
+        pages["misclassified"] = [
+            plot_misclassified(images[sl], y[sl], preds[sl], probs[sl], classes) for sl in paged(len(idx), 1)
+        ]
     timings["gallery"] = time.perf_counter() - t0
 
     cams: dict[str, Tensor] = {}
@@ -162,12 +172,24 @@ def explain_loaded(
         xs = run.normalize(ds.test_x[sample].to(run.device))
         sample_targets = {"predicted": logits[sample].argmax(1).to(run.device)}
         sample_res = grad_cam_targets(run.model, xs, sample_targets, layer=layer)
-        faith.update(_faithfulness(run, xs, sample_res.maps, sample_targets, sample_res.grid, "random test images", seed))
+        faith.update(
+            _faithfulness(run, xs, sample_res.maps, sample_targets, sample_res.grid, "random test images", seed)
+        )
         timings["deletion test (sample)"] = time.perf_counter() - t0
     first = {k: v[0] for k, v in pages.items()}
     return Explanation(
-        indices=idx, labels=y, preds=preds, probs=probs, order=order, layer=name, cams=cams, faithfulness=faith,
-        gallery=first.get("misclassified"), gradcam=first.get("gradcam"), guided=first.get("guided_gradcam"), timings=timings,
+        indices=idx,
+        labels=y,
+        preds=preds,
+        probs=probs,
+        order=order,
+        layer=name,
+        cams=cams,
+        faithfulness=faith,
+        gallery=first.get("misclassified"),
+        gradcam=first.get("gradcam"),
+        guided=first.get("guided_gradcam"),
+        timings=timings,
         pages=pages,
     )
 
@@ -198,7 +220,14 @@ def _predictions_read_only(run: LoadedRun) -> tuple[Tensor, Tensor, bool]:
     if hit is not None:
         return hit[0], hit[1], True
     ds = run.dataset
-    logits = predict(run.model, ds.test_x, run.normalize, device=run.device, autocast_dtype=run.precision.dtype, channels_last=run.channels_last)
+    logits = predict(
+        run.model,
+        ds.test_x,
+        run.normalize,
+        device=run.device,
+        autocast_dtype=run.precision.dtype,
+        channels_last=run.channels_last,
+    )
     return logits, ds.test_y.long().clone(), False
 
 
@@ -236,8 +265,19 @@ def explain_run(
     t0 = time.perf_counter()
     logits, labels, cached = run.predictions() if _inside(out_dir, run.folder.run_dir) else _predictions_read_only(run)
     timings["predictions (cached)" if cached else "predictions"] = time.perf_counter() - t0
-    ex = explain_loaded(run, logits, labels, n=n, order=order, target=target, layer=layer, seed=seed,
-                        faithfulness_n=faithfulness_n, guided=guided, page_tiles=PAGE_TILES)
+    ex = explain_loaded(
+        run,
+        logits,
+        labels,
+        n=n,
+        order=order,
+        target=target,
+        layer=layer,
+        seed=seed,
+        faithfulness_n=faithfulness_n,
+        guided=guided,
+        page_tiles=PAGE_TILES,
+    )
     timings.update(ex.timings)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -249,13 +289,23 @@ def explain_run(
     timings["total"] = time.perf_counter() - started
     classes = run.classes
     info = {
-        "run_dir": str(run.folder.run_dir), "checkpoint": str(run.checkpoint), "checkpoint_epoch": run.checkpoint_epoch,
-        "order": order, "target": target, "layer": ex.layer,
+        "run_dir": str(run.folder.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "checkpoint_epoch": run.checkpoint_epoch,
+        "order": order,
+        "target": target,
+        "layer": ex.layer,
         "images": [
-            {"test_index": int(i), "true": classes[int(t)], "predicted": classes[int(p)], "p_predicted": round(float(q), 4)}
+            {
+                "test_index": int(i),
+                "true": classes[int(t)],
+                "predicted": classes[int(p)],
+                "p_predicted": round(float(q), 4),
+            }
             for i, t, p, q in zip(ex.indices, ex.labels, ex.preds, ex.probs)
         ],
-        "faithfulness": ex.faithfulness, "timings": {k: round(v, 4) for k, v in timings.items()},
+        "faithfulness": ex.faithfulness,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
     }
     atomic_write_text(out_dir / "explain.json", json.dumps(info, indent=1) + "\n")
     files.append(out_dir / "explain.json")

@@ -81,7 +81,11 @@ class Document:
             elif kind == "table":
                 header, rows = b[1], b[2]
                 out.append("| " + " | ".join(_md_cell(h) for h in header) + " |")
-                out.append("|" + "|".join("---:" if rows and _is_number(rows[0][i]) else "---" for i in range(len(header))) + "|")
+                out.append(
+                    "|"
+                    + "|".join("---:" if rows and _is_number(rows[0][i]) else "---" for i in range(len(header)))
+                    + "|"
+                )
                 out += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
                 out.append("")
             elif kind == "img":
@@ -98,9 +102,13 @@ class Document:
 
     def to_html(self) -> str:
         esc = html.escape
-        out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-               '<meta name="viewport" content="width=device-width, initial-scale=1">',
-               f"<title>{esc(self.title)}</title><style>{CSS}</style></head><body>", f"<h1>{esc(self.title)}</h1>"]
+        out = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{esc(self.title)}</title><style>{CSS}</style></head><body>",
+            f"<h1>{esc(self.title)}</h1>",
+        ]
         for b in self.blocks:
             kind = b[0]
             if kind == "h":
@@ -108,9 +116,14 @@ class Document:
             elif kind == "p":
                 out.append(f'<p class="note">{esc(b[1])}</p>' if b[2] else f"<p>{esc(b[1])}</p>")
             elif kind == "table":
-                out.append("<table><thead><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in b[1]) + "</tr></thead><tbody>")
+                out.append(
+                    "<table><thead><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in b[1]) + "</tr></thead><tbody>"
+                )
                 for r in b[2]:
-                    cells = "".join(f'<td class="num">{esc(_fmt(c))}</td>' if _is_number(c) else f"<td>{esc(_fmt(c))}</td>" for c in r)
+                    cells = "".join(
+                        f'<td class="num">{esc(_fmt(c))}</td>' if _is_number(c) else f"<td>{esc(_fmt(c))}</td>"
+                        for c in r
+                    )
                     out.append(f"<tr>{cells}</tr>")
                 out.append("</tbody></table>")
             elif kind == "img":

@@ -13,8 +13,6 @@ from typing import Any
 
 import torch
 
-from ..version import __version__
-from ..files import atomic_write_text
 from ..explain import (
     DELETE_FRACTION,
     MIN_MEANINGFUL_DROP,
@@ -27,6 +25,7 @@ from ..explain import (
     per_class_accuracy,
     per_sample_loss,
 )
+from ..files import atomic_write_text
 from ..plots import (
     denormalize,
     plot_augmented,
@@ -37,6 +36,7 @@ from ..plots import (
     plot_misclassified,
     plot_per_class_accuracy,
 )
+from ..version import __version__
 from ._explain import FAITHFULNESS_SAMPLE, Explanation, explain_loaded
 from ._render import Document
 from ._rundir import LoadedRun, RunFolder, load_run
@@ -74,15 +74,28 @@ def _metric_table(folder: RunFolder) -> tuple[list[str], list[list[Any]]]:
     best, final = folder.best_row(), folder.final_row()
     has_ce = any(r and "train_ce" in r for r in (best, final))
     has_val = any(r and "val_loss" in r for r in (best, final))
-    header = ["", "epoch", "train objective" if has_ce else "train loss"] + (["train CE"] if has_ce else []) + ["train acc (%)"]
+    header = (
+        ["", "epoch", "train objective" if has_ce else "train loss"]
+        + (["train CE"] if has_ce else [])
+        + ["train acc (%)"]
+    )
     header += (["val loss", "val acc (%)"] if has_val else []) + ["test loss", "test acc (%)", "lr", "epoch seconds"]
     rows = []
     for label, r in (("best", best), ("final", final)):
         if r:
-            row = [label, int(r["epoch"]), f"{r['train_loss']:.4f}"] + ([f"{r['train_ce']:.4f}"] if has_ce else []) + [_pct(r["train_acc"])]
+            row = (
+                [label, int(r["epoch"]), f"{r['train_loss']:.4f}"]
+                + ([f"{r['train_ce']:.4f}"] if has_ce else [])
+                + [_pct(r["train_acc"])]
+            )
             if has_val:
                 row += [f"{r['val_loss']:.4f}", _pct(r["val_acc"])]
-            row += [f"{r['test_loss']:.4f}", _pct(r["test_acc"]), f"{r['lr']:.3g}" if r.get("lr") is not None else "", f"{r.get('seconds', 0.0):.1f}"]
+            row += [
+                f"{r['test_loss']:.4f}",
+                _pct(r["test_acc"]),
+                f"{r['lr']:.3g}" if r.get("lr") is not None else "",
+                f"{r.get('seconds', 0.0):.1f}",
+            ]
             rows.append(row)
     return header, rows
 
@@ -120,17 +133,39 @@ def _config_rows(run: LoadedRun, params: int) -> list[list[str]]:
     c, ds = run.folder.config, run.dataset
     a, m, o, s, t = c.augment, c.model, c.optim, c.sched, c.trainer
     h, w = ds.image_size
-    aug = [f"pad {a.crop_pad} ({a.pad_mode}) + crop" if a.crop_pad else "", f"flip p={a.flip_p:g}" if a.flip_p else "",
-           f"rotate ±{a.rotate_deg:g}°" if a.rotate_deg else "", f"cutout {a.cutout_size}x{a.cutout_size} p={a.cutout_p:g}" if a.cutout_size else ""]
-    sched = s.name + (f", max_lr {s.max_lr if s.max_lr is not None else o.lr}, {_peak(s, t.epochs)}, {s.anneal}" if s.name == "onecycle" else "")
+    aug = [
+        f"pad {a.crop_pad} ({a.pad_mode}) + crop" if a.crop_pad else "",
+        f"flip p={a.flip_p:g}" if a.flip_p else "",
+        f"rotate ±{a.rotate_deg:g}°" if a.rotate_deg else "",
+        f"cutout {a.cutout_size}x{a.cutout_size} p={a.cutout_p:g}" if a.cutout_size else "",
+    ]
+    sched = s.name + (
+        f", max_lr {s.max_lr if s.max_lr is not None else o.lr}, {_peak(s, t.epochs)}, {s.anneal}"
+        if s.name == "onecycle"
+        else ""
+    )
     return [
-        ["data", f"{ds.name} ({c.data.root or 'cache'}), {ds.train_x.shape[0]:,} train / {ds.test_x.shape[0]:,} test images, {h}x{w}, {ds.num_classes} classes"],
-        ["model", f"{m.name}, norm {m.norm}, width {m.width:g}" + (f", logit scale {m.logit_scale:g}" if m.logit_scale else "") + f", {params:,} parameters"],
-        ["optimizer", f"{o.name}, lr {o.lr}, weight decay {o.weight_decay:g}, {_momentum(o, s)}"
-         + (f", label smoothing {o.label_smoothing:g}" if o.label_smoothing else "")],
+        [
+            "data",
+            f"{ds.name} ({c.data.root or 'cache'}), {ds.train_x.shape[0]:,} train / {ds.test_x.shape[0]:,} test images, {h}x{w}, {ds.num_classes} classes",
+        ],
+        [
+            "model",
+            f"{m.name}, norm {m.norm}, width {m.width:g}"
+            + (f", logit scale {m.logit_scale:g}" if m.logit_scale else "")
+            + f", {params:,} parameters",
+        ],
+        [
+            "optimizer",
+            f"{o.name}, lr {o.lr}, weight decay {o.weight_decay:g}, {_momentum(o, s)}"
+            + (f", label smoothing {o.label_smoothing:g}" if o.label_smoothing else ""),
+        ],
         ["schedule", sched],
         ["augmentation", f"{a.backend} backend: " + (", ".join(x for x in aug if x) or "none")],
-        ["trainer", f"{t.epochs} epochs, batch {t.batch_size}, precision {t.precision}, seed {t.seed}, best by {t.checkpoint_metric}"],
+        [
+            "trainer",
+            f"{t.epochs} epochs, batch {t.batch_size}, precision {t.precision}, seed {t.seed}, best by {t.checkpoint_metric}",
+        ],
     ]
 
 
@@ -159,8 +194,18 @@ def _faithfulness_rows(ex: Explanation) -> list[list[Any]]:
         wins = f"{100 * d['win_rate']:.0f}%"
         if d.get("drops_too_small"):
             wins += f" (not meaningful: drops < {MIN_MEANINGFUL_DROP:g})"
-        rows.append([images, TARGET_WORDS.get(target, target), d["images"], f"{d['p_orig']:.3f}", f"{d['cam_drop']:.3f}",
-                     f"{d['region_drop']:.3f}", f"{d['random_drop']:.3f}", wins])
+        rows.append(
+            [
+                images,
+                TARGET_WORDS.get(target, target),
+                d["images"],
+                f"{d['p_orig']:.3f}",
+                f"{d['cam_drop']:.3f}",
+                f"{d['region_drop']:.3f}",
+                f"{d['random_drop']:.3f}",
+                wins,
+            ]
+        )
     return rows
 
 
@@ -215,13 +260,17 @@ def make_report(
     pairs = most_confused(cm, MOST_CONFUSED)
     stage("confusion matrix", t0)
 
-    ex = explain_loaded(run, logits, labels, n=n, order=order, target=target, layer=layer, seed=seed, faithfulness_n=faithfulness_n)
+    ex = explain_loaded(
+        run, logits, labels, n=n, order=order, target=target, layer=layer, seed=seed, faithfulness_n=faithfulness_n
+    )
     timings.update(ex.timings)
 
     doc = Document(f"vislab report: {folder.name}")
     ckpt_epoch = f"epoch {run.checkpoint_epoch}" if run.checkpoint_epoch >= 0 else "epoch unknown"
-    doc.para(f"Run folder {folder.run_dir}; {_status(folder)}. Gallery, Grad-CAM and test-set numbers below come from "
-             f"checkpoints/{run.checkpoint.name} ({ckpt_epoch}). Written by vislab {__version__} on {datetime.now():%Y-%m-%d %H:%M}.")
+    doc.para(
+        f"Run folder {folder.run_dir}; {_status(folder)}. Gallery, Grad-CAM and test-set numbers below come from "
+        f"checkpoints/{run.checkpoint.name} ({ckpt_epoch}). Written by vislab {__version__} on {datetime.now():%Y-%m-%d %H:%M}."
+    )
 
     t0 = time.perf_counter()
     doc.heading("Metrics")
@@ -229,18 +278,25 @@ def make_report(
     if rows:
         doc.table(header, rows)
         if "train CE" in header:
-            doc.para("train objective: what was minimised (cross-entropy with label smoothing, plus the L1 term); train CE: the "
-                     "plain cross-entropy of the same training batches, comparable with the validation and test loss.", note=True)
+            doc.para(
+                "train objective: what was minimised (cross-entropy with label smoothing, plus the L1 term); train CE: the "
+                "plain cross-entropy of the same training batches, comparable with the validation and test loss.",
+                note=True,
+            )
         note = _best_note(folder)
         if note:
             doc.para(note, note=True)
     else:
         doc.para("metrics.jsonl holds no finished epoch.", note=True)
-    facts = [f"test accuracy of {run.checkpoint.name} recomputed from the cached predictions: {_pct(overall)}% on {labels.numel():,} images"]
+    facts = [
+        f"test accuracy of {run.checkpoint.name} recomputed from the cached predictions: {_pct(overall)}% on {labels.numel():,} images"
+    ]
     if folder.summary:
         s = folder.summary
-        facts.append(f"training time {s.get('train_seconds', 0):.0f} s (wall {s.get('wall_seconds', 0):.0f} s) on {s.get('device_name', s.get('device', '?'))}, "
-                     f"{s.get('precision', '?')}, channels_last={s.get('channels_last', '?')}")
+        facts.append(
+            f"training time {s.get('train_seconds', 0):.0f} s (wall {s.get('wall_seconds', 0):.0f} s) on {s.get('device_name', s.get('device', '?'))}, "
+            f"{s.get('precision', '?')}, channels_last={s.get('channels_last', '?')}"
+        )
     doc.para("; ".join(facts) + ".")
 
     params = sum(p.numel() for p in run.model.parameters())
@@ -253,7 +309,10 @@ def make_report(
     doc.heading("Model")
     h, w = ds.image_size
     doc.para(f"{folder.config.model.name}: {params:,} parameters; Grad-CAM layer: {ex.layer}.")
-    doc.code(model_summary(run.model, (1, ds.train_x.shape[1], h, w), depth=SUMMARY_DEPTH, device=run.device), "layer table (torchinfo)")
+    doc.code(
+        model_summary(run.model, (1, ds.train_x.shape[1], h, w), depth=SUMMARY_DEPTH, device=run.device),
+        "layer table (torchinfo)",
+    )
     stage("summary tables", t0)
 
     t0 = time.perf_counter()
@@ -280,23 +339,33 @@ def make_report(
     if preview:
         t0 = time.perf_counter()
         doc.heading("What the model sees")
-        doc.para(f"{min(preview, ds.train_x.shape[0])} training images after the run's augmentation (tensor backend, seed {seed}), de-normalized.")
+        doc.para(
+            f"{min(preview, ds.train_x.shape[0])} training images after the run's augmentation (tensor backend, seed {seed}), de-normalized."
+        )
         doc.image("augmented.png", _preview(run, preview, seed), "augmented training images")
         stage("augmented preview", t0)
 
     t0 = time.perf_counter()
     doc.heading("Per-class accuracy")
     correct, totals = cm.diag(), cm.sum(1)
-    doc.table(["class", "correct", "images", "accuracy (%)"],
-              [[c, int(k), int(m), _pct(float(a))] for c, k, m, a in zip(classes, correct, totals, acc)])
+    doc.table(
+        ["class", "correct", "images", "accuracy (%)"],
+        [[c, int(k), int(m), _pct(float(a))] for c, k, m, a in zip(classes, correct, totals, acc)],
+    )
     doc.image("per_class_accuracy.png", plot_per_class_accuracy(acc, classes), "per-class accuracy")
     doc.heading("Confusion matrix")
     doc.image("confusion_counts.png", plot_confusion_matrix(cm, classes), "confusion matrix, counts")
-    doc.image("confusion_normalized.png", plot_confusion_matrix(cm, classes, normalize=True), "confusion matrix, row-normalized")
+    doc.image(
+        "confusion_normalized.png",
+        plot_confusion_matrix(cm, classes, normalize=True),
+        "confusion matrix, row-normalized",
+    )
     doc.heading("Most confused pairs", 3)
     if pairs:
-        doc.table(["true class", "predicted as", "images", "% of true class"],
-                  [[classes[t], classes[p], k, f"{100 * k / max(int(totals[t]), 1):.1f}"] for t, p, k in pairs])
+        doc.table(
+            ["true class", "predicted as", "images", "% of true class"],
+            [[classes[t], classes[p], k, f"{100 * k / max(int(totals[t]), 1):.1f}"] for t, p, k in pairs],
+        )
     else:
         doc.para("No test image is misclassified.")
     stage("class tables and matrices", t0)
@@ -307,42 +376,72 @@ def make_report(
     gallery_images = ds.test_x[ex.indices]
     p_true, losses = _gallery_numbers(logits, ex)
     if ex.gallery is not None:
-        doc.para(f"{ex.indices.numel()} of {wrong:,} misclassified test images ({100 * wrong / max(labels.numel(), 1):.2f}%), "
-                 f"ordered {ORDER_WORDS[order]}. Each tile: the predicted class and p(predicted), the probability the model "
-                 "gave its (wrong) prediction; the true class and p(true); and the loss, -ln p(true).")
+        doc.para(
+            f"{ex.indices.numel()} of {wrong:,} misclassified test images ({100 * wrong / max(labels.numel(), 1):.2f}%), "
+            f"ordered {ORDER_WORDS[order]}. Each tile: the predicted class and p(predicted), the probability the model "
+            "gave its (wrong) prediction; the true class and p(true); and the loss, -ln p(true)."
+        )
         # Drawn here with p(true) and the loss, which explain_loaded's figure does not show.
-        doc.image("misclassified.png", plot_misclassified(gallery_images, ex.labels, ex.preds, ex.probs, classes,
-                                                          true_probs=p_true, losses=losses), "misclassified test images")
+        doc.image(
+            "misclassified.png",
+            plot_misclassified(
+                gallery_images, ex.labels, ex.preds, ex.probs, classes, true_probs=p_true, losses=losses
+            ),
+            "misclassified test images",
+        )
     else:
         doc.para("No test image is misclassified: nothing to show." if wrong == 0 else "n = 0: gallery skipped.")
     doc.heading("Grad-CAM: predicted vs actual class")
     if ex.gradcam is not None:
-        doc.para(f"Grad-CAM at layer {ex.layer} for " + " and ".join(TARGET_WORDS[k] for k in ex.cams) + ", upsampled bilinearly "
-                 "to the image and blended over it (viridis: yellow = most attended, each map scaled to its own maximum). "
-                 "A map scaled to its own maximum looks as bright when the model is guessing as when it is sure, so above each "
-                 "map stand the class it explains, the model's probability of that class and the map's raw maximum. On these "
-                 f"images the model gives its predicted class p = {float(ex.probs.mean()):.2f} on average and the true class "
-                 f"p = {float(p_true.mean()):.2f} (chance: {1 / max(ds.num_classes, 1):.2f}).")
+        doc.para(
+            f"Grad-CAM at layer {ex.layer} for "
+            + " and ".join(TARGET_WORDS[k] for k in ex.cams)
+            + ", upsampled bilinearly "
+            "to the image and blended over it (viridis: yellow = most attended, each map scaled to its own maximum). "
+            "A map scaled to its own maximum looks as bright when the model is guessing as when it is sure, so above each "
+            "map stand the class it explains, the model's probability of that class and the map's raw maximum. On these "
+            f"images the model gives its predicted class p = {float(ex.probs.mean()):.2f} on average and the true class "
+            f"p = {float(p_true.mean()):.2f} (chance: {1 / max(ds.num_classes, 1):.2f})."
+        )
         # Drawn here with p(true) above the actual-class maps, which explain_loaded's figure does not show.
-        doc.image("gradcam.png", plot_gradcam(gallery_images, ex.cams, ex.labels, ex.preds, ex.probs, classes, true_probs=p_true),
-                  "Grad-CAM for the predicted and the actual class")
+        doc.image(
+            "gradcam.png",
+            plot_gradcam(gallery_images, ex.cams, ex.labels, ex.preds, ex.probs, classes, true_probs=p_true),
+            "Grad-CAM for the predicted and the actual class",
+        )
     else:
         doc.para("No gallery images, so no maps.", note=True)
     doc.heading("Faithfulness of the Grad-CAM maps (deletion test)")
     if ex.faithfulness:
         pct = f"{100 * DELETE_FRACTION:.0f}%"
-        doc.para(f"Deletion test: for each image, the {pct} of pixels with the highest Grad-CAM value are set to the training-set "
-                 f"mean colour and the drop of the target class's probability is measured. Two baselines remove the same number "
-                 f"of pixels: a random region (the top {pct} of a random map drawn at the Grad-CAM grid and upsampled like it, "
-                 f"so it has the same blob shape) and random scattered pixels (which act like noise and hurt a CNN by "
-                 f"themselves, whatever they cover). Each baseline is the mean of {RANDOM_REPEATS} draws (seed {seed}). The maps "
-                 f"point at evidence the model uses when their drop clearly exceeds the random-region drop.")
-        doc.table(["images", "target", "n", "p(target) intact", f"drop, top-{pct} CAM removed", f"drop, random {pct} region",
-                   f"drop, random {pct} pixels", "CAM drop > region drop"], _faithfulness_rows(ex))
+        doc.para(
+            f"Deletion test: for each image, the {pct} of pixels with the highest Grad-CAM value are set to the training-set "
+            f"mean colour and the drop of the target class's probability is measured. Two baselines remove the same number "
+            f"of pixels: a random region (the top {pct} of a random map drawn at the Grad-CAM grid and upsampled like it, "
+            f"so it has the same blob shape) and random scattered pixels (which act like noise and hurt a CNN by "
+            f"themselves, whatever they cover). Each baseline is the mean of {RANDOM_REPEATS} draws (seed {seed}). The maps "
+            f"point at evidence the model uses when their drop clearly exceeds the random-region drop."
+        )
+        doc.table(
+            [
+                "images",
+                "target",
+                "n",
+                "p(target) intact",
+                f"drop, top-{pct} CAM removed",
+                f"drop, random {pct} region",
+                f"drop, random {pct} pixels",
+                "CAM drop > region drop",
+            ],
+            _faithfulness_rows(ex),
+        )
         if any(d.get("drops_too_small") for d in ex.faithfulness.values()):
-            doc.para(f"Rows marked not meaningful: neither the CAM deletion nor the random-region deletion moved p(target) by "
-                     f"{MIN_MEANINGFUL_DROP:g} or more on average. The model hardly reacts to losing {pct} of the image (typical "
-                     "of a model near chance), so the win rate compares noise and says nothing about the maps.", note=True)
+            doc.para(
+                f"Rows marked not meaningful: neither the CAM deletion nor the random-region deletion moved p(target) by "
+                f"{MIN_MEANINGFUL_DROP:g} or more on average. The model hardly reacts to losing {pct} of the image (typical "
+                "of a model near chance), so the win rate compares noise and says nothing about the maps.",
+                note=True,
+            )
     else:
         doc.para("Not computed (no images).", note=True)
     stage("gallery and grad-cam sections", t0)
@@ -353,20 +452,34 @@ def make_report(
     # The writing stage itself is measured after the table is drawn: it is reported in report.json and returned.
     timings["total before writing"] = time.perf_counter() - started
     doc.table(["stage", "seconds"], [[k, f"{v:.3f}"] for k, v in timings.items()])
-    doc.para("Writing report.md, report.html and the PNGs comes after this table; report.json holds that time and the total.", note=True)
+    doc.para(
+        "Writing report.md, report.html and the PNGs comes after this table; report.json holds that time and the total.",
+        note=True,
+    )
     doc.write(md_path, html_path, folder.run_dir / REPORT_IMAGES)
     stage("write report", t0)
     timings["total"] = time.perf_counter() - started
 
     numbers = {
-        "run_dir": str(folder.run_dir), "checkpoint": str(run.checkpoint), "checkpoint_epoch": run.checkpoint_epoch,
-        "status": _status(folder), "test_acc": overall, "test_images": int(labels.numel()), "misclassified": wrong,
-        "best": folder.best_row(), "final": folder.final_row(),
+        "run_dir": str(folder.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "checkpoint_epoch": run.checkpoint_epoch,
+        "status": _status(folder),
+        "test_acc": overall,
+        "test_images": int(labels.numel()),
+        "misclassified": wrong,
+        "best": folder.best_row(),
+        "final": folder.final_row(),
         "per_class_acc": {c: float(a) for c, a in zip(classes, acc)},
         "most_confused": [{"true": classes[t], "predicted": classes[p], "images": k} for t, p, k in pairs],
-        "gallery": [{"test_index": int(i), "true": classes[int(t)], "predicted": classes[int(p)], "p_predicted": float(q)}
-                    for i, t, p, q in zip(ex.indices, ex.labels, ex.preds, ex.probs)],
-        "gradcam_layer": ex.layer, "faithfulness": ex.faithfulness, "predictions_cached": cached, "timings": timings,
+        "gallery": [
+            {"test_index": int(i), "true": classes[int(t)], "predicted": classes[int(p)], "p_predicted": float(q)}
+            for i, t, p, q in zip(ex.indices, ex.labels, ex.preds, ex.probs)
+        ],
+        "gradcam_layer": ex.layer,
+        "faithfulness": ex.faithfulness,
+        "predictions_cached": cached,
+        "timings": timings,
     }
     atomic_write_text(folder.run_dir / REPORT_JSON, json.dumps(numbers, indent=1, default=str) + "\n")
     log.info("report written: %s (%.1f s)", html_path, timings["total"])

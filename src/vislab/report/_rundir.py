@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,14 +14,12 @@ from torch import Tensor, nn
 from ..config import Config
 from ..engine import (
     Precision,
-    checkpoint_exists,
     load_checkpoint,
     resolve_channels_last,
     resolve_device,
     resolve_precision,
 )
-from ..rundir import CONFIG_FILE, RunFolder, find_checkpoint, read_run, run_html, run_repr  # noqa: F401 - RunFolder/read_run: vislab.report's API
-from ..errors import ConfigError, DataError, VislabError
+from ..errors import VislabError
 from ..explain import (
     PREDICTIONS_FILE,
     checkpoint_key,
@@ -30,8 +27,10 @@ from ..explain import (
     predict,
     save_predictions,
 )
+from ..rundir import CONFIG_FILE, RunFolder, find_checkpoint, read_run, run_html, run_repr  # noqa: F401 - RunFolder/read_run: vislab.report's API
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class LoadedRun:
@@ -55,7 +54,10 @@ class LoadedRun:
 
     def __repr__(self) -> str:  # the dataclass default would print the whole config, model and data set
         f = self.folder
-        return run_repr("LoadedRun", f.run_dir, f.config, f.history)[:-1] + f", checkpoint {self.checkpoint.name!r} (epoch {self.checkpoint_epoch}), {self.device})"
+        return (
+            run_repr("LoadedRun", f.run_dir, f.config, f.history)[:-1]
+            + f", checkpoint {self.checkpoint.name!r} (epoch {self.checkpoint_epoch}), {self.device})"
+        )
 
     def _repr_html_(self) -> str:
         return run_html("LoadedRun", self.folder.run_dir, self.folder.config, self.folder.history)
@@ -76,7 +78,14 @@ class LoadedRun:
             if hit is not None:
                 return hit[0], hit[1], True
         ds = self.dataset
-        logits = predict(self.model, ds.test_x, self.normalize, device=self.device, autocast_dtype=self.precision.dtype, channels_last=self.channels_last)
+        logits = predict(
+            self.model,
+            ds.test_x,
+            self.normalize,
+            device=self.device,
+            autocast_dtype=self.precision.dtype,
+            channels_last=self.channels_last,
+        )
         labels = ds.test_y.long().clone()
         try:
             save_predictions(path, logits, labels, self.prediction_key)
@@ -88,8 +97,13 @@ class LoadedRun:
 def _data_key(cfg: Config, ds: Any) -> dict[str, Any]:
     y = ds.test_y.long()
     checksum = int((y * torch.arange(1, y.numel() + 1)).sum()) if y.numel() else 0
-    return {"data": ds.name, "test_images": int(y.numel()), "image_size": list(ds.image_size), "labels_checksum": checksum,
-            "classes": list(ds.classes)}
+    return {
+        "data": ds.name,
+        "test_images": int(y.numel()),
+        "image_size": list(ds.image_size),
+        "labels_checksum": checksum,
+        "classes": list(ds.classes),
+    }
 
 
 def _recorded_precision(folder: RunFolder, state: dict[str, Any], dev: torch.device) -> Precision:
@@ -104,7 +118,9 @@ def _recorded_precision(folder: RunFolder, state: dict[str, Any], dev: torch.dev
         precision = resolve_precision("auto", dev)
         log.warning(
             "%s records no resolved precision (trainer.precision = auto): predicting in %s, what auto means on this machine; "
-            "figures may differ slightly from metrics.jsonl", folder.run_dir, precision.name,
+            "figures may differ slightly from metrics.jsonl",
+            folder.run_dir,
+            precision.name,
         )
         return precision
     if name == "fp16" and dev.type == "cpu":
@@ -160,6 +176,15 @@ def load_run(
     key = {**checkpoint_key(ckpt_path, state), **_data_key(cfg, dataset), "precision": precision.name}
     timings["load model"] = time.perf_counter() - t0
     return LoadedRun(
-        folder=folder, model=model, checkpoint=ckpt_path, checkpoint_epoch=int(state.get("epoch", -1)), prediction_key=key,
-        dataset=dataset, augment=aug, device=dev, precision=precision, channels_last=channels_last, timings=timings,
+        folder=folder,
+        model=model,
+        checkpoint=ckpt_path,
+        checkpoint_epoch=int(state.get("epoch", -1)),
+        prediction_key=key,
+        dataset=dataset,
+        augment=aug,
+        device=dev,
+        precision=precision,
+        channels_last=channels_last,
+        timings=timings,
     )

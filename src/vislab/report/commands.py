@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 # Copies of vislab.explain.ORDERS / TARGETS (a test keeps them equal): importing vislab.explain here would
 # pull in torch while the parser is built, and `vislab --version` should stay instant.
@@ -15,13 +15,25 @@ TARGETS = ("predicted", "actual", "both")
 def _add_run_options(p: argparse.ArgumentParser, n_help: str) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder of a `vislab train` run (finished or interrupted)")
     p.add_argument("--n", type=int, default=20, help=n_help)
-    p.add_argument("--order", choices=ORDERS, default="loss", help="gallery order: loss (top losses), confidence, random (default loss)")
+    p.add_argument(
+        "--order",
+        choices=ORDERS,
+        default="loss",
+        help="gallery order: loss (top losses), confidence, random (default loss)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random order, samples and masks (default 0)")
-    p.add_argument("--layer", metavar="NAME", help="Grad-CAM layer, a dotted module name (default: the model's registered layer)")
-    p.add_argument("--checkpoint", metavar="best|last|interrupted|PATH",
-                   help="checkpoint to explain: best, last, interrupted (of a stopped run) or a path (default: best, else last)")
+    p.add_argument(
+        "--layer", metavar="NAME", help="Grad-CAM layer, a dotted module name (default: the model's registered layer)"
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="best|last|interrupted|PATH",
+        help="checkpoint to explain: best, last, interrupted (of a stopped run) or a path (default: best, else last)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    p.add_argument("--data-root", metavar="DIR", help="data folder, when the run's data.root does not resolve from here")
+    p.add_argument(
+        "--data-root", metavar="DIR", help="data folder, when the run's data.root does not resolve from here"
+    )
 
 
 def _check_n(n: int, least: int, allowed: str) -> None:
@@ -63,8 +75,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     _check_n(args.n, 0, "give the number of misclassified images in the gallery, a whole number >= 0 (0: no gallery)")
     setup_logging()
     with _naming_data_root(args):
-            rep = make_report(args.run_dir, n=args.n, order=args.order, target=args.target, layer=args.layer, seed=args.seed,
-                          checkpoint=args.checkpoint, device=args.device, data_root=args.data_root, preview=args.preview)
+        rep = make_report(
+            args.run_dir,
+            n=args.n,
+            order=args.order,
+            target=args.target,
+            layer=args.layer,
+            seed=args.seed,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            data_root=args.data_root,
+            preview=args.preview,
+        )
     print(rep.markdown)
     print(rep.html)
     return 0
@@ -77,16 +99,31 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     _check_n(args.n, 1, "give the number of misclassified images to explain, a whole number >= 1")
     setup_logging()
     with _naming_data_root(args):
-        res = explain_run(args.run_dir, n=args.n, target=args.target, layer=args.layer, order=args.order, seed=args.seed,
-                          checkpoint=args.checkpoint, device=args.device, data_root=args.data_root, out=args.out, guided=args.guided)
+        res = explain_run(
+            args.run_dir,
+            n=args.n,
+            target=args.target,
+            layer=args.layer,
+            order=args.order,
+            seed=args.seed,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            data_root=args.data_root,
+            out=args.out,
+            guided=args.guided,
+        )
     shown = res.explanation.indices.numel()
     if shown < args.n:
         # select_misclassified returns every misclassified image when there are fewer than --n.
-        print(f"note: --n {args.n} is more than the {shown} misclassified test images; the gallery shows all {shown}"
-              + (f", in pages of at most {PAGE_TILES} images" if shown > PAGE_TILES else ""))
+        print(
+            f"note: --n {args.n} is more than the {shown} misclassified test images; the gallery shows all {shown}"
+            + (f", in pages of at most {PAGE_TILES} images" if shown > PAGE_TILES else "")
+        )
     for key, d in res.explanation.faithfulness.items():
-        print(f"deletion test, {key}: probability drop {d['cam_drop']:.3f} (top-20% CAM) vs {d['region_drop']:.3f} (random region) "
-              f"and {d['random_drop']:.3f} (random pixels), n={d['images']}")
+        print(
+            f"deletion test, {key}: probability drop {d['cam_drop']:.3f} (top-20% CAM) vs {d['region_drop']:.3f} (random region) "
+            f"and {d['random_drop']:.3f} (random pixels), n={d['images']}"
+        )
     for path in res.files:
         print(path)
     return 0
@@ -118,8 +155,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         final = f"{r['final_test_acc']:.2f}%" if isinstance(r["final_test_acc"], (int, float)) else "n/a"
         same = r["course_test_acc_at_epoch"]
         beside = f" (course at epoch {r['epochs_done']}: {same:.2f}%)" if same is not None else ""
-        print(f"{r['run']}: recipe {r['recipe']} ({r['found']}); vislab {final} at epoch {r['epochs_done']}{beside}; "
-              f"course final {ref.final:.2f}% on canonical CIFAR-10 on a GPU, this run on its own data (above)")
+        print(
+            f"{r['run']}: recipe {r['recipe']} ({r['found']}); vislab {final} at epoch {r['epochs_done']}{beside}; "
+            f"course final {ref.final:.2f}% on canonical CIFAR-10 on a GPU, this run on its own data (above)"
+        )
     print(res.markdown)
     print(res.html)
     return 0
@@ -127,30 +166,50 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     """Register `report`, `explain` and `compare` on the `vislab` command's subparsers."""
-    r = subparsers.add_parser("report", help="write report.md and a self-contained report.html for a run",
-                              description="Metrics, config, model, curves, LR, augmented samples, per-class accuracy, confusion "
-                                          "matrix, misclassified gallery, Grad-CAM and its deletion test, as report.md + report.html.")
+    r = subparsers.add_parser(
+        "report",
+        help="write report.md and a self-contained report.html for a run",
+        description="Metrics, config, model, curves, LR, augmented samples, per-class accuracy, confusion "
+        "matrix, misclassified gallery, Grad-CAM and its deletion test, as report.md + report.html.",
+    )
     _add_run_options(r, "misclassified images in the gallery (default 20; 0: none)")
     r.add_argument("--target", choices=TARGETS, default="both", help="Grad-CAM target class (default both)")
-    r.add_argument("--preview", type=int, default=16, metavar="N", help="augmented training images shown (0: none; default 16)")
+    r.add_argument(
+        "--preview", type=int, default=16, metavar="N", help="augmented training images shown (0: none; default 16)"
+    )
     r.set_defaults(func=_cmd_report)
 
-    e = subparsers.add_parser("explain", help="misclassified gallery and Grad-CAM for a run",
-                              description="Misclassified test images and their Grad-CAM maps for the predicted and/or actual "
-                                          "class, with the deletion test; written to RUN_DIR/explain unless --out.")
-    _add_run_options(e, "misclassified images to explain, at most as many as the model got wrong (default 20); more than "
-                        "fit one readable figure are split into pages (misclassified-1.png, ...)")
+    e = subparsers.add_parser(
+        "explain",
+        help="misclassified gallery and Grad-CAM for a run",
+        description="Misclassified test images and their Grad-CAM maps for the predicted and/or actual "
+        "class, with the deletion test; written to RUN_DIR/explain unless --out.",
+    )
+    _add_run_options(
+        e,
+        "misclassified images to explain, at most as many as the model got wrong (default 20); more than "
+        "fit one readable figure are split into pages (misclassified-1.png, ...)",
+    )
     e.add_argument("--target", choices=TARGETS, default="both", help="Grad-CAM target class (default both)")
     e.add_argument("--guided", action="store_true", help="also draw captum's Guided Grad-CAM for the predicted class")
     e.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/explain)")
     e.set_defaults(func=_cmd_explain)
 
-    c = subparsers.add_parser("compare", help="overlay several runs' curves and tabulate their data and metrics",
-                              description="Curves of several runs in one figure and a table of their data, best and final metrics; "
-                                          "with --reference, the course's per-epoch test accuracy beside each run's.")
+    c = subparsers.add_parser(
+        "compare",
+        help="overlay several runs' curves and tabulate their data and metrics",
+        description="Curves of several runs in one figure and a table of their data, best and final metrics; "
+        "with --reference, the course's per-epoch test accuracy beside each run's.",
+    )
     c.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="folders of `vislab train` runs (finished or not)")
-    c.add_argument("--reference", nargs="?", const=True, default=False, metavar="RECIPE",
-                   help="overlay the course's per-epoch test accuracy and state the final figures side by side; alone: the "
-                        "recipe each run ran (from its summary/config), or RECIPE for every run")
+    c.add_argument(
+        "--reference",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="RECIPE",
+        help="overlay the course's per-epoch test accuracy and state the final figures side by side; alone: the "
+        "recipe each run ran (from its summary/config), or RECIPE for every run",
+    )
     c.add_argument("--out", metavar="DIR", help="output folder (default runs/compare-<time>)")
     c.set_defaults(func=_cmd_compare)

@@ -1,8 +1,25 @@
 """Tuning before training: the LR range test (`LRFinder`; `vislab.lr_find` runs it on a recipe)."""
 
-from .lr_finder import LR_FIND_JSON, LR_FIND_PNG, DEFAULT_SUGGESTION, SUGGESTIONS, LRFinder, RangeTestError, smooth, suggest, sweep_lrs
+from .lr_finder import (
+    DEFAULT_SUGGESTION,
+    LR_FIND_JSON,
+    LR_FIND_PNG,
+    SUGGESTIONS,
+    LRFinder,
+    RangeTestError,
+    smooth,
+    suggest,
+    sweep_lrs,
+)
 
 __all__ = [
-    "DEFAULT_SUGGESTION", "LR_FIND_JSON", "LR_FIND_PNG", "LRFinder", "RangeTestError", "SUGGESTIONS", "smooth", "suggest", "sweep_lrs",
+    "DEFAULT_SUGGESTION",
+    "LR_FIND_JSON",
+    "LR_FIND_PNG",
+    "LRFinder",
+    "RangeTestError",
+    "SUGGESTIONS",
+    "smooth",
+    "suggest",
+    "sweep_lrs",
 ]
-

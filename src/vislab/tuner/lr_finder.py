@@ -9,8 +9,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -18,8 +19,8 @@ from torch import nn
 
 from ..engine import Callback, Precision, evaluate, resolve_precision, train_one_epoch
 from ..engine.checkpoint import rng_state, set_rng_state
-from ..files import atomic_write_bytes, atomic_write_text
 from ..errors import ConfigError, VislabError
+from ..files import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -55,7 +56,9 @@ def sweep_lrs(start_lr: float, end_lr: float, num_iter: int, mode: str = "exp") 
     if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 2:
         raise ConfigError(f"LR range test num_iter = {num_iter!r} must be an integer >= 2.")
     if not (math.isfinite(start_lr) and start_lr > 0 and math.isfinite(end_lr) and end_lr > start_lr):
-        raise ConfigError(f"LR range test needs 0 < start_lr < end_lr (finite), got start_lr = {start_lr!r}, end_lr = {end_lr!r}.")
+        raise ConfigError(
+            f"LR range test needs 0 < start_lr < end_lr (finite), got start_lr = {start_lr!r}, end_lr = {end_lr!r}."
+        )
     steps = num_iter - 1
     if mode == "exp":
         return [start_lr * (end_lr / start_lr) ** (i / steps) for i in range(num_iter)]
@@ -150,7 +153,7 @@ class _Feed:
     longer than an epoch.
     """
 
-    def __init__(self, loader: Iterable, optimizer: torch.optim.Optimizer, lrs: Sequence[float], recorder: "_Recorder"):
+    def __init__(self, loader: Iterable, optimizer: torch.optim.Optimizer, lrs: Sequence[float], recorder: _Recorder):
         self.loader, self.optimizer, self.lrs, self.recorder = loader, optimizer, lrs, recorder
 
     def __len__(self) -> int:
@@ -168,7 +171,9 @@ class _Feed:
                 it = iter(self.loader)
                 batch = next(it, None)
                 if batch is None:
-                    raise VislabError("The LR range test's training loader produced no batch; is the training set smaller than one batch?") from None
+                    raise VislabError(
+                        "The LR range test's training loader produced no batch; is the training set smaller than one batch?"
+                    ) from None
             self.recorder.pending_lr = lr
             yield batch
 
@@ -180,8 +185,14 @@ class _Recorder(Callback):
     optimizer step was taken at that LR.
     """
 
-    def __init__(self, finder: "LRFinder", smooth_f: float, diverge_th: float, held_out: list | None,
-                 scaler: torch.amp.GradScaler | None = None):
+    def __init__(
+        self,
+        finder: LRFinder,
+        smooth_f: float,
+        diverge_th: float,
+        held_out: list | None,
+        scaler: torch.amp.GradScaler | None = None,
+    ):
         self.finder = finder
         self.diverge_th = diverge_th
         self.held_out = held_out
@@ -260,7 +271,9 @@ class LRFinder:
         suggestion: str = DEFAULT_SUGGESTION,
     ):
         if suggestion not in SUGGESTIONS:
-            raise ConfigError(f"LR range test suggestion = {suggestion!r} is not known; choose one of {', '.join(SUGGESTIONS)}.")
+            raise ConfigError(
+                f"LR range test suggestion = {suggestion!r} is not known; choose one of {', '.join(SUGGESTIONS)}."
+            )
         self.model = model
         self.optimizer = optimizer
         self.train_loader = train_loader
@@ -334,9 +347,13 @@ class LRFinder:
         if not diverge_th > 1.0:
             raise ConfigError(f"LR range test diverge_th = {diverge_th!r} must be > 1.")
         if accuracy and val_loader is None:
-            raise ConfigError("The LR range test's accuracy mode measures accuracy on held-out batches: pass val_loader (lr_find.measure=accuracy uses the validation split, data.val_size).")
+            raise ConfigError(
+                "The LR range test's accuracy mode measures accuracy on held-out batches: pass val_loader (lr_find.measure=accuracy uses the validation split, data.val_size)."
+            )
         if val_batches is not None and val_batches < 1:
-            raise ConfigError(f"LR range test val_batches = {val_batches!r} must be >= 1 (or None for the whole val_loader).")
+            raise ConfigError(
+                f"LR range test val_batches = {val_batches!r} must be >= 1 (or None for the whole val_loader)."
+            )
         measure = "accuracy" if accuracy else ("val_loss" if val_loader is not None else "loss")
         val_gen = getattr(val_loader, "generator", None)
         extra = [g for g in (val_gen,) if g is not None and g is not self.generator]
@@ -352,10 +369,20 @@ class LRFinder:
             scaler = torch.amp.GradScaler(self.device.type) if self.precision.use_scaler else None
             rec = _Recorder(self, smooth_f, diverge_th, held_out, scaler)
             train_one_epoch(
-                self.model, _Feed(self.train_loader, self.optimizer, lrs, rec), self.optimizer,
-                device=self.device, precision=self.precision, scaler=scaler, label_smoothing=self.label_smoothing,
-                l1=self.l1, grad_clip=self.grad_clip, channels_last=self.channels_last, callbacks=[rec],
-                progress=self.progress, desc="lr-find", stop_on_nonfinite=False,  # divergence is data here
+                self.model,
+                _Feed(self.train_loader, self.optimizer, lrs, rec),
+                self.optimizer,
+                device=self.device,
+                precision=self.precision,
+                scaler=scaler,
+                label_smoothing=self.label_smoothing,
+                l1=self.l1,
+                grad_clip=self.grad_clip,
+                channels_last=self.channels_last,
+                callbacks=[rec],
+                progress=self.progress,
+                desc="lr-find",
+                stop_on_nonfinite=False,  # divergence is data here
             )
         finally:
             self._restore(saved)
@@ -378,7 +405,12 @@ class LRFinder:
         }
         log.info(
             "LR range test: %d of %d steps (%s), lr %.3g..%.3g, %.1f s",
-            steps, num_iter, self.results["stop_reason"], lrs[0], rec.lrs[steps - 1] if steps else lrs[0], seconds,
+            steps,
+            num_iter,
+            self.results["stop_reason"],
+            lrs[0],
+            rec.lrs[steps - 1] if steps else lrs[0],
+            seconds,
         )
         return self.results
 
@@ -423,7 +455,9 @@ class LRFinder:
                 f"raise end_lr or num_iter, or check that the model learns at all."
             )
         if s["best_is_last"] and r["stop_reason"] == "completed":
-            warnings.append(f"still improving at end_lr = {r['end_lr']:.3g}: the best LR may lie beyond the sweep; raise end_lr.")
+            warnings.append(
+                f"still improving at end_lr = {r['end_lr']:.3g}: the best LR may lie beyond the sweep; raise end_lr."
+            )
         out = {k: s[k] for k in SUGGESTIONS}
         out["chosen"] = self._pick(out, self.method)
         out["method"] = self.method
@@ -440,12 +474,14 @@ class LRFinder:
         """The suggested LR by `method` (default: the finder's `suggestion`); "onecycle" gives its max."""
         method = method or self.method
         if method not in SUGGESTIONS:
-            raise ConfigError(f"LR range test suggestion = {method!r} is not known; choose one of {', '.join(SUGGESTIONS)}.")
+            raise ConfigError(
+                f"LR range test suggestion = {method!r} is not known; choose one of {', '.join(SUGGESTIONS)}."
+            )
         return self._pick(self.suggestions(), method)
 
     # -- outputs -------------------------------------------------------------------------------
 
-    def plot(self, ax: "Axes | None" = None) -> "Figure":
+    def plot(self, ax: Axes | None = None) -> Figure:
         """Loss (or accuracy) against LR on a log axis, raw and smoothed, with the suggestions marked."""
         if not self.results:
             raise RangeTestError("No LR range test has run yet: call range_test() first.")
@@ -473,7 +509,13 @@ class LRFinder:
             for i, name in enumerate(("valley", "steepest", "min_loss_div10")):
                 lr = sugg[name]
                 chosen = " (chosen)" if self.method == name else ""
-                ax.axvline(lr, color=f"C{i + 3}", ls="-" if chosen else "--", lw=1.5 if chosen else 1, label=f"{name} {lr:.2g}{chosen}")
+                ax.axvline(
+                    lr,
+                    color=f"C{i + 3}",
+                    ls="-" if chosen else "--",
+                    lw=1.5 if chosen else 1,
+                    label=f"{name} {lr:.2g}{chosen}",
+                )
                 y_at = np.interp(math.log10(lr), np.log10(lrs[np.isfinite(sm_y)]), sm_y[np.isfinite(sm_y)])
                 ax.plot([lr], [y_at], "o", color=f"C{i + 3}", ms=6 if chosen else 4)
             if self.method == "onecycle":
@@ -488,7 +530,7 @@ class LRFinder:
         return fig
 
     @staticmethod
-    def _set_ylim(ax: "Axes", smoothed: np.ndarray, raw: np.ndarray, higher_is_better: bool) -> None:
+    def _set_ylim(ax: Axes, smoothed: np.ndarray, raw: np.ndarray, higher_is_better: bool) -> None:
         # The diverging tail would squash the interesting part: show from the start value to the best one,
         # with room for the noise of the raw curve, and let the tail leave the plot.
         finite = smoothed[np.isfinite(smoothed)]
@@ -509,7 +551,9 @@ class LRFinder:
         except RangeTestError as e:
             out.update(suggestions=None, chosen=None, warnings=[], error=str(e))
         else:
-            out["suggestions"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sugg.items() if k in SUGGESTIONS}
+            out["suggestions"] = {
+                k: (list(v) if isinstance(v, tuple) else v) for k, v in sugg.items() if k in SUGGESTIONS
+            }
             out["chosen"] = {"method": sugg["method"], "lr": sugg["chosen"]}
             out["warnings"] = sugg["warnings"]
         return out
@@ -518,7 +562,9 @@ class LRFinder:
         """Write lr_find.json (non-finite values as null) and lr_find.png into `folder`; returns the folder."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / LR_FIND_JSON, json.dumps(_finite_or_none(self.to_dict()), indent=1, allow_nan=False) + "\n")
+        atomic_write_text(
+            folder / LR_FIND_JSON, json.dumps(_finite_or_none(self.to_dict()), indent=1, allow_nan=False) + "\n"
+        )
         buf = io.BytesIO()
         self.plot().savefig(buf, format="png", dpi=120)
         atomic_write_bytes(folder / LR_FIND_PNG, buf.getvalue())
