@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -281,3 +282,18 @@ def test_bad_input_is_a_clear_error(run_dir, tmp_path):
     shutil.rmtree(empty / "checkpoints")
     with pytest.raises(VislabError, match="neither a best nor a last checkpoint"):
         make_report(empty)
+
+
+def test_explain_gallery_carries_its_sort_key(run_dir, tmp_path):
+    # Ordered by loss, the gallery shows p(true) and the loss on each tile and in explain.json.
+    from vislab.report import explain_run
+
+    res = explain_run(_copy(run_dir, tmp_path / "run"), n=5, order="loss", device="cpu", out=tmp_path / "ex")
+    images = json.loads((tmp_path / "ex" / "explain.json").read_text())["images"]
+    assert images and all({"p_true", "loss"} <= set(img) for img in images)
+    losses = [img["loss"] for img in images]
+    assert losses == sorted(losses, reverse=True)  # what "ordered by loss" means
+    assert all(img["loss"] == pytest.approx(-math.log(max(img["p_true"], 1e-12)), abs=2e-3) for img in images)
+    fig = res.explanation.gallery
+    texts = [x for ax in fig.axes for x in (ax.get_title(), ax.get_xlabel(), *(t.get_text() for t in ax.texts))]
+    assert any(f"loss {images[0]['loss']:.2f}" in t for t in texts), texts[:6]

@@ -23,6 +23,7 @@ from ..explain import (
     grad_cam_targets,
     guided_grad_cam,
     load_predictions,
+    per_sample_loss,
     predict,
     resolve_layer,
     select_misclassified,
@@ -59,6 +60,8 @@ class Explanation:
     # file stem ("misclassified", "gradcam", "guided_gradcam") -> its figures, one per page; the fields above
     # are each kind's first page (the whole figure when not paged, as in the report)
     pages: dict[str, list[Figure]] = field(default_factory=dict)
+    p_true: Tensor | None = None  # (n,) probability of the true class: what a loss-ordered gallery is sorted by
+    losses: Tensor | None = None  # (n,) per-image cross-entropy
 
 
 def layer_name(model: torch.nn.Module, layer: Any) -> str:
@@ -123,6 +126,8 @@ def explain_loaded(
     idx = select_misclassified(logits, labels, n, order, seed)
     probs_all = logits[idx].float().softmax(1)
     preds, probs, y = probs_all.argmax(1), probs_all.amax(1), labels[idx]
+    p_true = probs_all.gather(1, y[:, None])[:, 0]  # (n,)
+    losses = per_sample_loss(logits[idx].float(), y)  # (n,) the gallery's sort key under order="loss"
     images = ds.test_x[idx]  # (n, C, H, W) uint8
     pages: dict[str, list[Figure]] = {}
 
@@ -132,7 +137,10 @@ def explain_loaded(
 
     if idx.numel():
         pages["misclassified"] = [
-            plot_misclassified(images[sl], y[sl], preds[sl], probs[sl], classes) for sl in paged(len(idx), 1)
+            plot_misclassified(
+                images[sl], y[sl], preds[sl], probs[sl], classes, true_probs=p_true[sl], losses=losses[sl]
+            )
+            for sl in paged(len(idx), 1)
         ]
     timings["gallery"] = time.perf_counter() - t0
 
@@ -147,7 +155,15 @@ def explain_loaded(
         timings["grad-cam"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         pages["gradcam"] = [
-            plot_gradcam(images[sl], {k: v[sl] for k, v in cams.items()}, y[sl], preds[sl], probs[sl], classes)
+            plot_gradcam(
+                images[sl],
+                {k: v[sl] for k, v in cams.items()},
+                y[sl],
+                preds[sl],
+                probs[sl],
+                classes,
+                true_probs=p_true[sl],
+            )
             for sl in paged(len(idx), 1 + len(cams))
         ]
         timings["grad-cam plot"] = time.perf_counter() - t0
@@ -191,6 +207,8 @@ def explain_loaded(
         guided=first.get("guided_gradcam"),
         timings=timings,
         pages=pages,
+        p_true=p_true,
+        losses=losses,
     )
 
 
@@ -301,8 +319,10 @@ def explain_run(
                 "true": classes[int(t)],
                 "predicted": classes[int(p)],
                 "p_predicted": round(float(q), 4),
+                "p_true": round(float(pt), 4),
+                "loss": round(float(ls), 4),
             }
-            for i, t, p, q in zip(ex.indices, ex.labels, ex.preds, ex.probs)
+            for i, t, p, q, pt, ls in zip(ex.indices, ex.labels, ex.preds, ex.probs, ex.p_true, ex.losses)
         ],
         "faithfulness": ex.faithfulness,
         "timings": {k: round(v, 4) for k, v in timings.items()},
