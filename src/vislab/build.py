@@ -83,6 +83,12 @@ def load_data(cfg: Config, dataset=None, root: str | None = None):
     return load_dataset(d.name, root if root is not None else d.root, **data_kwargs(cfg))
 
 
+def step_kwargs(o: OptimConfig) -> dict[str, Any]:
+    """What one training step does besides the optimizer (label smoothing, the L1 term, gradient clipping):
+    the same for the Trainer and the LR range test, so that the sweep measures the loss training minimises."""
+    return dict(label_smoothing=o.label_smoothing, l1=o.l1, grad_clip=o.grad_clip)
+
+
 def optimizer_kwargs(o: OptimConfig) -> dict[str, Any]:
     """`create_optimizer` keywords of the optim section."""
     return dict(
@@ -119,11 +125,9 @@ def build_lr_finder(
         precision=precision,
         channels_last=channels_last,
         generator=generator,
-        label_smoothing=o.label_smoothing,
-        l1=o.l1,
-        grad_clip=o.grad_clip,
         progress=cfg.trainer.progress,
         suggestion=suggestion,
+        **step_kwargs(o),
     )
 
 

@@ -26,6 +26,7 @@ from .build import (
     optimizer_kwargs,
     range_test_kwargs,
     scheduler_kwargs,
+    step_kwargs,
 )
 from .config import Config, config_to_yaml, load_config
 from .engine import (
@@ -331,10 +332,8 @@ def train(
             device=device,
             precision=precision,
             channels_last=channels_last,
-            label_smoothing=o.label_smoothing,
-            l1=o.l1,
-            grad_clip=o.grad_clip,
             progress=t.progress,
+            **step_kwargs(o),
             generator=gen,
             compiled_model=compiled,
             callbacks=[*files, *callbacks],

@@ -15,16 +15,13 @@ from torch import Tensor
 
 from ..explain import (
     DELETE_FRACTION,
-    PREDICTIONS_FILE,
     check_count,
     check_order,
     check_target,
     deletion_test,
     grad_cam_targets,
     guided_grad_cam,
-    load_predictions,
     per_sample_loss,
-    predict,
     resolve_layer,
     select_misclassified,
 )
@@ -231,24 +228,6 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def _predictions_read_only(run: LoadedRun) -> tuple[Tensor, Tensor, bool]:
-    """`LoadedRun.predictions` without writing its cache: `explain --out` elsewhere leaves the run folder as it was
-    (it may be another user's, read-only, or synced). The cache is still used when it fits."""
-    hit = load_predictions(run.folder.run_dir / PREDICTIONS_FILE, run.prediction_key)
-    if hit is not None:
-        return hit[0], hit[1], True
-    ds = run.dataset
-    logits = predict(
-        run.model,
-        ds.test_x,
-        run.normalize,
-        device=run.device,
-        autocast_dtype=run.precision.dtype,
-        channels_last=run.channels_last,
-    )
-    return logits, ds.test_y.long().clone(), False
-
-
 def explain_run(
     run_dir: str | Path,
     *,
@@ -281,7 +260,7 @@ def explain_run(
     timings = dict(run.timings)
     out_dir = Path(out) if out is not None else run.folder.run_dir / EXPLAIN_FOLDER
     t0 = time.perf_counter()
-    logits, labels, cached = run.predictions() if _inside(out_dir, run.folder.run_dir) else _predictions_read_only(run)
+    logits, labels, cached = run.predictions(save=_inside(out_dir, run.folder.run_dir))
     timings["predictions (cached)" if cached else "predictions"] = time.perf_counter() - t0
     ex = explain_loaded(
         run,

@@ -66,11 +66,12 @@ class LoadedRun:
         """uint8 (N, C, H, W) -> the model's float input, as at test time."""
         return self.augment.normalize_only(x_uint8)
 
-    def predictions(self, *, refresh: bool = False) -> tuple[Tensor, Tensor, bool]:
+    def predictions(self, *, refresh: bool = False, save: bool = True) -> tuple[Tensor, Tensor, bool]:
         """(logits (N, C) float32, labels (N,) int64, came_from_cache) over the test set.
 
         Cached in `predictions.pt` keyed to the checkpoint file and the test set, so a newer
-        checkpoint (or other test data) recomputes them.
+        checkpoint (or other test data) recomputes them. `save=False` reads a fitting cache but never
+        writes the run folder (`explain --out` elsewhere: the folder may be read-only, synced or another's).
         """
         path = self.folder.run_dir / PREDICTIONS_FILE
         if not refresh:
@@ -87,6 +88,8 @@ class LoadedRun:
             channels_last=self.channels_last,
         )
         labels = ds.test_y.long().clone()
+        if not save:
+            return logits, labels, False
         try:
             save_predictions(path, logits, labels, self.prediction_key)
         except OSError as e:  # a read-only run folder still gets its report numbers
