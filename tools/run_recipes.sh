@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The results runs of docs/results.md: each recipe in turn on the full data set, at low priority, resumable.
+#
+#   tools/run_recipes.sh RUNS_DIR DATA_ROOT RECIPE...
+#
+# Run it from a checkout of the commit to measure, with its .venv (`make test` builds one), in the
+# background: `nohup nice -n 19 tools/run_recipes.sh ../results/runs ../shared/data/cifar10-jpeg
+# resnet9-onecycle resnet18-bn resnet18-ln-plateau resnet18-sgd-plateau > ../results/driver.log 2>&1 &`.
+# Run it again after an interruption: a finished recipe is skipped, a started one is resumed from its
+# last checkpoint, the others start. Record progress with tools/results.py.
+set -u
+runs=$1; data=$2; shift 2
+here=$(cd "$(dirname "$0")/.." && pwd)
+vislab=$here/.venv/bin/vislab
+mkdir -p "$runs"
+for recipe in "$@"; do
+  out=$runs/$recipe
+  if [ -f "$out/summary.json" ] && grep -q '"status": "finished"' "$out/summary.json"; then
+    echo "$(date -Is) $recipe already finished"
+    continue
+  fi
+  echo "$(date -Is) $recipe from commit $(git -C "$here" rev-parse --short HEAD), load $(cut -d' ' -f1-3 /proc/loadavg)"
+  if [ -d "$out/checkpoints/last" ]; then
+    nice -n 19 "$vislab" train --resume "$out"
+  else
+    nice -n 19 "$vislab" train "$recipe" --set data.name=imagefolder --set "data.root=$data" --out "$out" --overwrite
+  fi
+  echo "$(date -Is) $recipe exit $?"
+done
