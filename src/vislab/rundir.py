@@ -19,6 +19,7 @@ from typing import Any
 from .config import Config, apply_overrides, load_config, parse_config_yaml, validate_config
 from .engine import BEST, INTERRUPTED, LAST, best_row, checkpoint_exists, metric_mode
 from .errors import ConfigError, DataError, VislabError
+from .explain import checkpoint_key
 from .files import read_jsonl
 from .tuner import LR_FIND_JSON
 
@@ -31,9 +32,11 @@ LR_STEPS_FILE = "lr_steps.json"  # the LR of every optimizer step
 SUMMARY_FILE = "summary.json"  # best and final metrics, timings, device, versions (written at the end)
 CHECKPOINTS_DIR = "checkpoints"  # best/, last/ and interrupted/ checkpoint folders
 CHECKPOINT_NAMES = (BEST, LAST)  # the ones a report or explanation may pick by name, in order of preference
+CALIBRATION_FILE = "calibration.json"  # calibration metrics and the temperature fitted on the validation split
 
 __all__ = [
     "BEST",
+    "CALIBRATION_FILE",
     "CHECKPOINTS_DIR",
     "CHECKPOINT_NAMES",
     "CONFIG_FILE",
@@ -52,6 +55,7 @@ __all__ = [
     "new_run_dir",
     "read_resume_config",
     "read_run",
+    "read_temperature",
     "refuse_lr_find_folder",
 ]
 
@@ -203,6 +207,24 @@ def find_checkpoint(run_dir: Path, checkpoint: str | Path | None = None) -> Path
             "path of a checkpoint folder."
         )
     return path
+
+
+def read_temperature(run_dir: str | Path, checkpoint: str | Path) -> float | None:
+    """The softmax temperature fitted for `checkpoint` (a folder under checkpoints/) on the run's validation split.
+
+    None when the run has no fitted temperature (no validation split, report not written yet) or when it was
+    fitted for another checkpoint or an earlier state of this one: a temperature belongs to the weights it was fitted on.
+    """
+    data = _read_json(Path(run_dir) / CALIBRATION_FILE)
+    if not isinstance(data, dict):
+        return None
+    fitted = data.get("temperature")
+    if not isinstance(fitted, dict) or not isinstance(fitted.get("value"), (int, float)):
+        return None
+    key, now = fitted.get("checkpoint_key"), checkpoint_key(checkpoint)
+    if not isinstance(key, dict) or any(key.get(k) != now[k] for k in ("checkpoint", "content")):
+        return None
+    return float(fitted["value"])
 
 
 # What a resumed run may change: where and how it runs, never what it computes (the checkpoint's
