@@ -1,5 +1,15 @@
 """Explaining predictions: cached test-set logits, misclassified images, Grad-CAM and its deletion test."""
 
+from ._calibration import (
+    CALIBRATION_BINS,
+    TEMPERATURE_RANGE,
+    Calibration,
+    ReliabilityBin,
+    calibration,
+    check_bins,
+    fit_temperature,
+    reliability_bins,
+)
 from ._deletion import (
     DELETE_FRACTION,
     MIN_MEANINGFUL_DROP,
@@ -43,6 +53,14 @@ from ._select import (
 )
 
 __all__ = [
+    "CALIBRATION_BINS",
+    "TEMPERATURE_RANGE",
+    "Calibration",
+    "ReliabilityBin",
+    "calibration",
+    "check_bins",
+    "fit_temperature",
+    "reliability_bins",
     "DELETE_FRACTION",
     "MIN_MEANINGFUL_DROP",
     "ORDERS",
