@@ -11,6 +11,7 @@ from ._images import (
 )
 from ._matrix import plot_confusion_matrix, plot_per_class_accuracy
 from ._style import HEATMAP_CMAP, MATRIX_CMAP, PALETTE
+from ._trust import plot_confidence_histogram, plot_reliability, plot_robustness
 
 __all__ = [
     "HEATMAP_CMAP",
@@ -21,6 +22,7 @@ __all__ = [
     "plot_accuracy",
     "plot_augmented",
     "plot_compare",
+    "plot_confidence_histogram",
     "plot_confusion_matrix",
     "plot_curves",
     "plot_gradcam",
@@ -29,4 +31,6 @@ __all__ = [
     "plot_lr",
     "plot_misclassified",
     "plot_per_class_accuracy",
+    "plot_reliability",
+    "plot_robustness",
 ]

@@ -1,4 +1,4 @@
-"""Run reports: `report` (Markdown + self-contained HTML), `explain` (gallery + Grad-CAM) and `compare`."""
+"""Run reports: `report` (Markdown + self-contained HTML), `explain` (gallery + Grad-CAM), `robust` and `compare`."""
 
 from __future__ import annotations
 
@@ -18,21 +18,33 @@ _LAZY = {
     "RunFolder": "_rundir",
     "load_run": "_rundir",
     "read_run": "_rundir",
+    "CalibrationResult": "_trust",
+    "Robustness": "_trust",
+    "calibrate_run": "_trust",
+    "read_robustness": "_trust",
+    "robust": "_trust",
+    "robustness_run": "_trust",
 }
 
 __all__ = [
+    "CalibrationResult",
     "Comparison",
     "ExplainResult",
     "Explanation",
     "LoadedRun",
     "Report",
+    "Robustness",
     "RunFolder",
+    "calibrate_run",
     "compare_runs",
     "explain_loaded",
     "explain_run",
     "load_run",
     "make_report",
+    "read_robustness",
     "read_run",
+    "robust",
+    "robustness_run",
     "write_report",
 ]
 

@@ -29,17 +29,21 @@ from ..files import atomic_write_text
 from ..plots import (
     denormalize,
     plot_augmented,
+    plot_confidence_histogram,
     plot_confusion_matrix,
     plot_curves,
     plot_gradcam,
     plot_lr,
     plot_misclassified,
     plot_per_class_accuracy,
+    plot_reliability,
+    plot_robustness,
 )
 from ..version import __version__
 from ._explain import FAITHFULNESS_SAMPLE, Explanation, explain_loaded
 from ._render import Document
 from ._rundir import LoadedRun, RunFolder, load_run
+from ._trust import REPORT_ROBUST_IMAGES, CalibrationResult, Robustness, calibrate_run, read_robustness, robustness_run
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +219,92 @@ def _gallery_numbers(logits: torch.Tensor, ex: Explanation) -> tuple[torch.Tenso
     return shown.softmax(1).gather(1, ex.labels.long()[:, None])[:, 0], per_sample_loss(shown, ex.labels)
 
 
+def _calibration_rows(cal: CalibrationResult) -> list[list[str]]:
+    rows = []
+    pairs = [("as trained (T = 1)", cal.plain)]
+    if cal.scaled is not None and cal.temperature is not None:
+        pairs.append((f"temperature T = {cal.temperature:.3g}", cal.scaled))
+    for label, c in pairs:
+        if c is not None:
+            rows.append(
+                [label, _pct(c.accuracy), f"{c.nll:.4f}", f"{c.brier:.4f}", f"{100 * c.ece:.2f}", f"{100 * c.mce:.2f}"]
+            )
+    return rows
+
+
+def _calibration_section(doc: Document, cal: CalibrationResult, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    doc.heading("Calibration")
+    bins = len(cal.plain.bins)
+    doc.para(
+        f"When the model says p = 0.9, is it right 9 times in 10? Test split, {cal.plain.images:,} images. NLL: mean -ln "
+        "p(true class); Brier: mean squared distance of the probability vector from the one-hot label (0..2); ECE: the "
+        f"gap between accuracy and mean confidence in {bins} equal-width confidence bins, weighted by the bins' image "
+        "counts; MCE: the largest gap of a non-empty bin (ECE and MCE in percentage points)."
+    )
+    doc.table(["predictions", "accuracy (%)", "NLL", "Brier", "ECE (pp)", "MCE (pp)"], _calibration_rows(cal))
+    if cal.temperature is not None:
+        before, after = cal.val_nll or (float("nan"), float("nan"))
+        doc.para(
+            f"Temperature scaling: the logits are divided by T = {cal.temperature:.4g}, fitted to minimise the NLL on the "
+            f"validation split ({cal.val_images:,} training images held out by data.val_size; validation NLL {before:.4f} -> "
+            f"{after:.4f}), never on the test split. T > 1 softens over-confident predictions, T < 1 sharpens "
+            "under-confident ones; the top-1 class, and so the accuracy, is unchanged. `vislab predict` uses T."
+        )
+    if cal.note:
+        doc.para(cal.note, note=True)
+    shown = cal.scaled or cal.plain
+    which = f"at T = {cal.temperature:.3g}" if cal.scaled else "as trained"
+    doc.image(
+        "reliability.png",
+        plot_reliability(shown.bins, title=f"reliability diagram, {which} ({bins} bins; numbers: images per bin)"),
+        f"reliability diagram ({which})",
+    )
+    if cal.scaled is not None:
+        doc.image(
+            "reliability_uncalibrated.png",
+            plot_reliability(cal.plain.bins, title=f"reliability diagram, as trained ({bins} bins)"),
+            "reliability diagram (as trained, T = 1)",
+        )
+    z = logits.float() / (cal.temperature or 1.0)
+    conf, pred = z.softmax(1).max(1)
+    doc.image(
+        "confidence.png",
+        plot_confidence_histogram(conf, pred == labels),
+        f"confidence of right and wrong test predictions ({which})",
+    )
+
+
+def _robustness_section(doc: Document, rob: Robustness | None, run_dir: Path, test_images: int) -> None:
+    doc.heading("Robustness to corruptions")
+    if rob is None:
+        doc.para(f"Not computed (robust_images = 0). `vislab robust {run_dir}` computes it.", note=True)
+        return
+    doc.para(
+        f"Test accuracy under {len(rob.corruptions)} corruptions at severities {', '.join(map(str, rob.severities))} "
+        f"({rob.source}; the definitions and parameters of CIFAR-10-C, Hendrycks & Dietterich 2019), on {rob.images:,} "
+        f"test images (seed {rob.seed}). Clean accuracy on the same images {rob.clean_acc:.2f}%; mean corruption accuracy "
+        f"{rob.mean_corruption_acc:.2f}%, a relative drop of {100 * rob.relative_drop:.1f}% of the clean accuracy."
+    )
+    doc.table(
+        ["corruption", *(f"severity {s}" for s in rob.severities), "mean"],
+        [
+            [n.replace("_", " "), *(f"{a:.1f}" for a in accs), f"{sum(accs) / len(accs):.1f}"]
+            for n, accs in rob.accuracy.items()
+        ],
+    )
+    doc.image(
+        "robustness.png",
+        plot_robustness(rob.accuracy, rob.severities, clean_acc=rob.clean_acc),
+        "test accuracy per corruption and severity",
+    )
+    if rob.images < test_images:
+        doc.para(
+            f"A sample of {rob.images:,} test images (the first of each class); `vislab robust {run_dir}` runs the whole test "
+            "set and the report then shows that.",
+            note=True,
+        )
+
+
 def make_report(
     run_dir: str | Path,
     *,
@@ -229,12 +319,16 @@ def make_report(
     dataset: Any = None,
     preview: int = PREVIEW_IMAGES,
     faithfulness_n: int = FAITHFULNESS_SAMPLE,
+    robust_images: int | None = REPORT_ROBUST_IMAGES,
 ) -> Report:
     """Write report.md (PNGs in report/), a self-contained report.html and report.json into the run folder.
 
     Sections: run status and metrics, config, model summary, curves, LR (and the LR range test when it ran),
-    augmented training images, per-class accuracy, confusion matrix and most-confused pairs, the misclassified
-    gallery, Grad-CAM for the predicted and the actual class, the deletion test and the time each stage took.
+    augmented training images, per-class accuracy, confusion matrix and most-confused pairs, calibration (with
+    a temperature fitted on the validation split when the run has one), robustness to corruptions, the
+    misclassified gallery, Grad-CAM for the predicted and the actual class, the deletion test and the time each
+    stage took. `robust_images`: the class-balanced test sample the corruptions run on when the run folder holds
+    no robustness.json for this checkpoint yet (None: the whole test set; 0: skip the section).
     """
     check_order(order)
     check_target(target)
@@ -371,6 +465,18 @@ def make_report(
     stage("class tables and matrices", t0)
 
     t0 = time.perf_counter()
+    cal = calibrate_run(run, logits, labels)
+    _calibration_section(doc, cal, logits, labels)
+    stage("calibration (cached temperature)" if cal.cached else "calibration", t0)
+
+    t0 = time.perf_counter()
+    rob = read_robustness(run)
+    if rob is None and robust_images != 0:
+        rob = robustness_run(run, images=robust_images, seed=seed)
+    _robustness_section(doc, rob, run.folder.run_dir, int(labels.numel()))
+    stage("robustness (cached)" if rob is None or rob.cached else "robustness", t0)
+
+    t0 = time.perf_counter()
     wrong = int((preds != labels).sum())
     doc.heading("Misclassified images")
     gallery_images = ds.test_x[ex.indices]
@@ -476,6 +582,8 @@ def make_report(
             {"test_index": int(i), "true": classes[int(t)], "predicted": classes[int(p)], "p_predicted": float(q)}
             for i, t, p, q in zip(ex.indices, ex.labels, ex.preds, ex.probs)
         ],
+        "calibration": cal.as_dict(),
+        "robustness": rob.as_dict() if rob is not None else None,
         "gradcam_layer": ex.layer,
         "faithfulness": ex.faithfulness,
         "predictions_cached": cached,

@@ -1,4 +1,4 @@
-"""The `report`, `explain` and `compare` subcommands, registered into the `vislab` parser by cli.py."""
+"""The `report`, `explain`, `robust` and `compare` subcommands, registered into the `vislab` parser by cli.py."""
 
 from __future__ import annotations
 
@@ -10,6 +10,19 @@ from contextlib import contextmanager
 # pull in torch while the parser is built, and `vislab --version` should stay instant.
 ORDERS = ("loss", "confidence", "random")
 TARGETS = ("predicted", "actual", "both")
+# vislab.augment.CORRUPTIONS' names, for the help text (tests/test_robust.py keeps them equal).
+CORRUPTION_NAMES = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "gaussian_blur",
+    "defocus_blur",
+    "contrast",
+    "brightness",
+    "saturate",
+    "jpeg_compression",
+    "pixelate",
+)
 
 
 def _add_run_options(p: argparse.ArgumentParser, n_help: str) -> None:
@@ -86,6 +99,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             device=args.device,
             data_root=args.data_root,
             preview=args.preview,
+            robust_images=None if args.robust_images < 0 else args.robust_images,
         )
     print(rep.markdown)
     print(rep.html)
@@ -129,6 +143,54 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, what: str) -> list[int]:
+    from ..errors import ConfigError
+
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what} = {text!r}: give whole numbers separated by commas, e.g. 1,3,5.") from None
+
+
+def _cmd_robust(args: argparse.Namespace) -> int:
+    from ..augment import check_corruptions, check_severities
+    from ..env import setup_logging
+    from ._trust import robust
+
+    # Checked before the data and the model are loaded.
+    corruptions = check_corruptions([c.strip() for c in args.corruptions.split(",")]) if args.corruptions else None
+    severities = check_severities(_int_list(args.severities, "--severities")) if args.severities else None
+    if args.images is not None:
+        _check_n(args.images, 1, f"--images = {args.images}: give a number of test images >= 1")
+    setup_logging()
+    with _naming_data_root(args):
+        res = robust(
+            args.run_dir,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            data_root=args.data_root,
+            corruptions=corruptions,
+            severities=severities,
+            images=args.images,
+            seed=args.seed,
+            cifar10c=args.cifar10c,
+            refresh=args.refresh,
+        )
+    width = max(len(n) for n in res.corruptions)
+    print(f"{'corruption':<{width}}  " + "  ".join(f"sev {s}" for s in res.severities) + "   mean")
+    for name, accs in res.accuracy.items():
+        print(f"{name:<{width}}  " + "  ".join(f"{a:5.1f}" for a in accs) + f"  {sum(accs) / len(accs):5.1f}")
+    print(
+        f"clean {res.clean_acc:.2f}%, mean corruption accuracy {res.mean_corruption_acc:.2f}% (relative drop "
+        f"{100 * res.relative_drop:.1f}%), {res.images:,} test images, {res.source}"
+        + (", from the cache" if res.cached else f", {res.seconds:.0f} s")
+    )
+    from ..rundir import ROBUSTNESS_FILE
+
+    print(f"{args.run_dir}/{ROBUSTNESS_FILE}")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -165,7 +227,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    """Register `report`, `explain` and `compare` on the `vislab` command's subparsers."""
+    """Register `report`, `explain`, `robust` and `compare` on the `vislab` command's subparsers."""
     r = subparsers.add_parser(
         "report",
         help="write report.md and a self-contained report.html for a run",
@@ -176,6 +238,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--target", choices=TARGETS, default="both", help="Grad-CAM target class (default both)")
     r.add_argument(
         "--preview", type=int, default=16, metavar="N", help="augmented training images shown (0: none; default 16)"
+    )
+    r.add_argument(
+        "--robust-images",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="test images the corruption section runs on when `vislab robust` has not run yet (a class-balanced "
+        "sample; default 2000; -1: all; 0: skip the section)",
     )
     r.set_defaults(func=_cmd_report)
 
@@ -194,6 +264,39 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--guided", action="store_true", help="also draw captum's Guided Grad-CAM for the predicted class")
     e.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/explain)")
     e.set_defaults(func=_cmd_explain)
+
+    rb = subparsers.add_parser(
+        "robust",
+        help="test accuracy under CIFAR-10-C-style corruptions",
+        description="Accuracy of a run's model on its test set under noise (Gaussian, shot, impulse), blur (Gaussian, "
+        "defocus), contrast, brightness, saturation, JPEG re-compression and pixelation, each at severities 1-5 as "
+        "CIFAR-10-C defines them (Hendrycks & Dietterich 2019), computed in batched torch on the run's device; or on "
+        "the published CIFAR-10-C files with --cifar10c. Cached in RUN_DIR/robustness.json; the report and "
+        "`vislab compare` show it.",
+    )
+    rb.add_argument("run_dir", metavar="RUN_DIR", help="folder of a `vislab train` run (finished or interrupted)")
+    rb.add_argument(
+        "--corruptions", metavar="A,B,...", help=f"comma-separated, from {', '.join(CORRUPTION_NAMES)} (default: all)"
+    )
+    rb.add_argument("--severities", metavar="1,2,...", help="comma-separated severities 1-5 (default: all)")
+    rb.add_argument(
+        "--images", type=int, metavar="N", help="a class-balanced sample of N test images (default: the whole test set)"
+    )
+    rb.add_argument("--seed", type=int, default=0, help="seed of the random corruptions (default 0)")
+    rb.add_argument(
+        "--cifar10c", metavar="DIR", help="use the published CIFAR-10-C .npy files in DIR instead of computing them"
+    )
+    rb.add_argument("--refresh", action="store_true", help="recompute even when robustness.json fits")
+    rb.add_argument(
+        "--checkpoint",
+        metavar="best|last|interrupted|PATH",
+        help="checkpoint to evaluate (default: best, else last)",
+    )
+    rb.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    rb.add_argument(
+        "--data-root", metavar="DIR", help="data folder, when the run's data.root does not resolve from here"
+    )
+    rb.set_defaults(func=_cmd_robust)
 
     c = subparsers.add_parser(
         "compare",
