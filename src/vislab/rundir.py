@@ -33,6 +33,7 @@ SUMMARY_FILE = "summary.json"  # best and final metrics, timings, device, versio
 CHECKPOINTS_DIR = "checkpoints"  # best/, last/ and interrupted/ checkpoint folders
 CHECKPOINT_NAMES = (BEST, LAST)  # the ones a report or explanation may pick by name, in order of preference
 CALIBRATION_FILE = "calibration.json"  # calibration metrics and the temperature fitted on the validation split
+ROBUSTNESS_FILE = "robustness.json"  # accuracy per corruption and severity (vislab robust, the report)
 
 __all__ = [
     "BEST",
@@ -45,6 +46,7 @@ __all__ = [
     "LR_STEPS_FILE",
     "METRICS_FILE",
     "RESUME_OVERRIDABLE",
+    "ROBUSTNESS_FILE",
     "RUNS_ROOT",
     "SUMMARY_FILE",
     "RunFolder",
@@ -240,6 +242,8 @@ RESUME_OVERRIDABLE = {
     "data.cache_dir",
     "data.download",
     "augment.workers",
+    "trainer.loggers",
+    "trainer.log_every_n_steps",
 }
 
 
