@@ -308,3 +308,16 @@ def test_published_cifar10c_files_are_read_per_severity(trained_run, tmp_path):
     assert "CIFAR-10-C files" in res.source
     with pytest.raises(DataError, match="pixelate.npy is missing"):
         robustness_run(run, corruptions=["pixelate"], cifar10c=tmp_path / "c", save=False)
+
+
+def test_compare_sets_runs_side_by_side_on_calibration_and_robustness(trained_run, tmp_path, capsys):
+    from vislab.cli import main
+    from vislab.report import robust
+
+    res = robust(trained_run, device="cpu", corruptions=["contrast", "impulse_noise"], severities=[5], refresh=True)
+    assert main(["compare", str(trained_run), str(trained_run), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert f"mean corruption accuracy {res.mean_corruption_acc:.2f}%" in out
+    text = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "## Calibration and robustness" in text
+    assert f"| {res.mean_corruption_acc:.2f} |" in text and "| impulse noise |" in text

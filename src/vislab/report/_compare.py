@@ -22,6 +22,7 @@ from ..results import (
     run_data,
     run_recipe,
 )
+from ..rundir import CALIBRATION_FILE, ROBUSTNESS_FILE
 from ._render import Document
 from ._rundir import RunFolder, read_run
 
@@ -156,6 +157,98 @@ def _reference_section(doc: Document, refs: list[dict[str, Any]], rows: list[dic
         doc.para(f"{r['run']}: the course's settings, as stated: {ref.settings}.", note=True)
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def trust_figures(run_dir: Path) -> dict[str, Any]:
+    """Calibration and robustness figures a run folder holds (from `vislab report` / `vislab robust`), else None each."""
+    out: dict[str, Any] = {"ece": None, "ece_scaled": None, "nll": None, "temperature": None, "robustness": None}
+    cal = _read_json(run_dir / CALIBRATION_FILE)
+    test = (cal or {}).get("test") or {}
+    if isinstance(test.get("plain"), dict):
+        out["ece"], out["nll"] = test["plain"].get("ece"), test["plain"].get("nll")
+    if isinstance(test.get("scaled"), dict):
+        out["ece_scaled"] = test["scaled"].get("ece")
+    if isinstance((cal or {}).get("temperature"), dict):
+        out["temperature"] = cal["temperature"].get("value")
+    rob = _read_json(run_dir / ROBUSTNESS_FILE)
+    if rob and isinstance(rob.get("accuracy"), dict):
+        checkpoint = ((rob.get("key") or {}).get("prediction_key") or {}).get("checkpoint", "?")
+        out["robustness"] = {
+            "checkpoint": checkpoint,
+            "images": rob.get("images"),
+            "clean_acc": rob.get("clean_acc"),
+            "mean_corruption_acc": rob.get("mean_corruption_acc"),
+            "relative_drop": rob.get("relative_drop"),
+            "per_corruption": {k: sum(v) / len(v) for k, v in rob["accuracy"].items() if v},
+            "severities": rob.get("severities"),
+            "source": rob.get("source"),
+        }
+    return out
+
+
+def _trust_section(doc: Document, labels: Sequence[str], trust: Sequence[dict[str, Any]]) -> None:
+    """Calibration and corruption robustness side by side, for the runs that have them."""
+    if not any(t["ece"] is not None or t["robustness"] for t in trust):
+        return
+
+    def num(v: Any, fmt: str, scale: float = 1.0) -> str:
+        return format(v * scale, fmt) if isinstance(v, (int, float)) else "n/a"
+
+    doc.heading("Calibration and robustness")
+    doc.para(
+        "From each run's calibration.json (written by `vislab report`) and robustness.json (`vislab robust`, or the report's "
+        "sample); n/a where a run has not computed them. ECE in percentage points over equal-width confidence bins; the "
+        "scaled ECE is at the temperature fitted on the run's validation split. Mean corruption accuracy averages every "
+        "corruption and severity computed; relative drop = (clean - mean corruption) / clean."
+    )
+    doc.table(
+        [
+            "run",
+            "ECE (pp)",
+            "ECE at T (pp)",
+            "T",
+            "NLL",
+            "clean acc (%)",
+            "mean corruption acc (%)",
+            "relative drop (%)",
+            "images",
+        ],
+        [
+            [
+                label,
+                num(t["ece"], ".2f", 100),
+                num(t["ece_scaled"], ".2f", 100),
+                num(t["temperature"], ".3g"),
+                num(t["nll"], ".4f"),
+                num((t["robustness"] or {}).get("clean_acc"), ".2f"),
+                num((t["robustness"] or {}).get("mean_corruption_acc"), ".2f"),
+                num((t["robustness"] or {}).get("relative_drop"), ".1f", 100),
+                num((t["robustness"] or {}).get("images"), ","),
+            ]
+            for label, t in zip(labels, trust)
+        ],
+    )
+    robs = [(label, t["robustness"]) for label, t in zip(labels, trust) if t["robustness"]]
+    if len(robs) > 1:
+        names = list(dict.fromkeys(n for _, r in robs for n in r["per_corruption"]))
+        doc.table(
+            ["corruption (mean over severities, %)", *(label for label, _ in robs)],
+            [[n.replace("_", " "), *(num(r["per_corruption"].get(n), ".1f") for _, r in robs)] for n in names],
+        )
+        if len({(r["images"], tuple(r["severities"] or ()), r["source"]) for _, r in robs}) > 1:
+            doc.para(
+                "The runs' robustness figures were computed on different image counts, severities or sources: compare "
+                "them with care, or run `vislab robust` on each with the same options.",
+                note=True,
+            )
+
+
 def compare_runs(
     run_dirs: Sequence[str | Path], out: str | Path | None = None, reference: bool | str = False
 ) -> Comparison:
@@ -194,6 +287,7 @@ def compare_runs(
                 "final_test_acc": final.get("test_acc"),
                 "final_test_loss": final.get("test_loss"),
                 "train_seconds": sum(float(r.get("seconds", 0.0)) for r in f.history),
+                **trust_figures(f.run_dir),
             }
         )
 
@@ -258,6 +352,7 @@ def compare_runs(
     )
     if refs:
         _reference_section(doc, refs, rows)
+    _trust_section(doc, labels, rows)
     doc.para("Run folders: " + "; ".join(f"{r['run']} = {r['run_dir']}" for r in rows), note=True)
 
     md, html = out_dir / "compare.md", out_dir / "compare.html"

@@ -209,6 +209,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         best = f"{r['best_test_acc']:.2f}%" if isinstance(r["best_test_acc"], (int, float)) else "n/a"
         data = describe_data({"name": r["data"], "train_images": r["train_images"], "test_images": r["test_images"]})
         print(f"{r['run']}: best test accuracy {best} (epoch {r['best_epoch']}), {r['epochs']} epochs; data {data}")
+        trust = []
+        if isinstance(r.get("ece"), (int, float)):
+            trust.append(f"ECE {100 * r['ece']:.2f} pp")
+        if isinstance(r.get("temperature"), (int, float)):
+            trust.append(f"{100 * r['ece_scaled']:.2f} pp at T = {r['temperature']:.3g}")
+        rob = r.get("robustness")
+        if rob and isinstance(rob.get("mean_corruption_acc"), (int, float)):
+            trust.append(
+                f"mean corruption accuracy {rob['mean_corruption_acc']:.2f}% vs clean {rob['clean_acc']:.2f}% "
+                f"({rob['images']:,} images)"
+            )
+        if trust:
+            print(f"{r['run']}: " + ", ".join(trust))
     for r in res.references:
         ref = r["reference"]
         if ref is None:
