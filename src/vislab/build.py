@@ -6,19 +6,24 @@ between the typed config and their plain keyword arguments, as timm's `optimizer
 
 from __future__ import annotations
 
+import importlib
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from .config import Config, OptimConfig, SchedConfig
-from .engine import DeviceLoader, DistInfo
+from .engine import DeviceLoader, DistInfo, TensorBoardLogger
 from .errors import ConfigError
 
 SINGLE_PROCESS = DistInfo()  # rank 0 of 1: a run outside torchrun (frozen, so safe as a default)
 # Devices whose tensors torch's SyncBatchNorm accepts during training.
 SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
+TENSORBOARD_DIR = "tensorboard"  # the event files' folder inside the run folder (one TensorBoard run per run folder)
+# trainer.loggers name -> (module it needs, the extra that installs it)
+LOGGER_PACKAGES = {"tensorboard": ("tensorboardX", "tensorboard")}
 
 
 def model_kwargs(cfg: Config) -> dict[str, Any]:
@@ -330,3 +335,66 @@ def build_training(cfg: Config, ds, device: torch.device, channels_last: bool, d
             "lower it or set trainer.drop_last=false."
         )
     return model, train_loader, test_loader, val_loader, gen
+
+
+def check_loggers(cfg: Config) -> None:
+    """Refuse, before any folder exists, a logger whose package is not installed."""
+    for name in cfg.trainer.loggers:
+        module, extra = LOGGER_PACKAGES[name]
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise ConfigError(
+                f"trainer.loggers = {cfg.trainer.loggers!r}: the {name} logger needs the {module} package, which is not "
+                f"installed. Install it with `pip install 'vislab[{extra}]'`, or remove {name} from trainer.loggers "
+                f"(--set trainer.loggers=[])."
+            ) from None
+
+
+def logger_hparams(cfg: Config, recipe: str, precision: str) -> dict[str, str | bool | int | float]:
+    """The hyper-parameters a logger records beside the final metrics: the same keys for every run, none None
+    (TensorBoard's HParams dashboard takes its columns from one run and drops a key whose value is missing)."""
+    o, s, t, a = cfg.optim, cfg.sched, cfg.trainer, cfg.augment
+    lr = float(o.lr)  # `auto` is resolved before the loggers are built
+    return {
+        "recipe": recipe,
+        "data.name": cfg.data.name,
+        "model.name": cfg.model.name,
+        "model.norm": cfg.model.norm,
+        "model.width": cfg.model.width,
+        "optim.name": o.name,
+        "optim.lr": lr,
+        "optim.weight_decay": o.weight_decay,
+        "optim.label_smoothing": o.label_smoothing,
+        "sched.name": s.name,
+        "sched.max_lr": float(s.max_lr) if s.name == "onecycle" and s.max_lr is not None else lr,  # OneCycle's peak
+        "trainer.batch_size": t.batch_size,
+        "trainer.epochs": t.epochs,
+        "trainer.precision": precision,  # as resolved (auto -> bf16 / fp16 / fp32)
+        "trainer.seed": t.seed,
+        "augment": not augment_spec(cfg).is_identity(),  # on/off
+        "augment.backend": a.backend,
+        "augment.crop_pad": a.crop_pad,
+        "augment.flip_p": a.flip_p,
+        "augment.rotate_deg": a.rotate_deg,
+        "augment.cutout_size": a.cutout_size,
+    }
+
+
+def build_loggers(
+    cfg: Config, run_dir: Path, dist: DistInfo = SINGLE_PROCESS, *, recipe: str, precision: str
+) -> list[TensorBoardLogger]:
+    """The trainer.loggers callbacks of a run: rank 0's only, as every other file the run writes."""
+    if not dist.is_main:
+        return []
+    loggers = []
+    for name in dict.fromkeys(cfg.trainer.loggers):
+        if name == "tensorboard":
+            loggers.append(
+                TensorBoardLogger(
+                    Path(run_dir) / TENSORBOARD_DIR,
+                    every_n_steps=cfg.trainer.log_every_n_steps,
+                    hparams=logger_hparams(cfg, recipe, precision),
+                )
+            )
+    return loggers

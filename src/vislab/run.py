@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,9 +20,11 @@ import torch
 from torch import nn
 
 from .build import (
+    build_loggers,
     build_lr_finder,
     build_training,
     check_distributed,
+    check_loggers,
     load_data,
     optimizer_kwargs,
     range_test_kwargs,
@@ -36,6 +39,7 @@ from .engine import (
     DistInfo,
     LRMonitor,
     MetricsLogger,
+    TensorBoardLogger,
     Trainer,
     best_row,
     broadcast_object,
@@ -255,6 +259,7 @@ def train(
         name, cfg = read_resume_config(run_dir, overrides)
     else:
         name, cfg = load_config(recipe, overrides)
+    check_loggers(cfg)
     auto = _auto_fields(cfg)
     if auto and resume is not None:
         raise ConfigError(
@@ -321,6 +326,8 @@ def train(
             if dist.is_main
             else []
         )
+        # After the checkpointer: an epoch reaches the loggers only once its checkpoint has landed.
+        loggers = build_loggers(cfg, run_dir, dist, recipe=name, precision=precision.name)
         trainer = Trainer(
             model,
             optimizer,
@@ -336,7 +343,7 @@ def train(
             **step_kwargs(o),
             generator=gen,
             compiled_model=compiled,
-            callbacks=[*files, *callbacks],
+            callbacks=[*files, *loggers, *callbacks],
             eval_model=model if dist.enabled else None,
             distributed=dist.enabled,
             interrupt_dir=ckpt_dir if dist.is_main else None,
@@ -382,7 +389,10 @@ def train(
             # The run so far stays usable: summary and report of the completed epochs, then stop.
             summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
             summary["status"] = "interrupted"
-            _finish(run_dir, summary, ds, dist, t.report and bool(trainer.history))
+            _finish(run_dir, summary, ds, dist, t.report and bool(trainer.history), loggers)
+            raise
+        except BaseException:
+            _close(loggers)  # what was logged until the failure stays, flushed
             raise
 
     summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
@@ -390,24 +400,66 @@ def train(
         summary["world_size"] = dist.world_size
     if finder is not None:
         summary["lr_find"] = {"fields": auto, **finder.to_dict()["chosen"], "seconds": finder.results["seconds"]}
-    _finish(run_dir, summary, ds, dist, t.report)
+    _finish(run_dir, summary, ds, dist, t.report, loggers)
     return Run(run_dir=run_dir, config=cfg, model=model, history=trainer.history, summary=summary)
 
 
-def _finish(run_dir: Path, summary: dict[str, Any], ds, dist: DistInfo, report: bool) -> None:
-    """summary.json and the report, written by rank 0 only, after the process group is closed."""
-    if dist.is_main:
-        atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-    shutdown()  # a no-op outside torchrun
-    if dist.is_main and report:
-        _write_report(run_dir, ds)
+def _finish(
+    run_dir: Path,
+    summary: dict[str, Any],
+    ds,
+    dist: DistInfo,
+    report: bool,
+    loggers: Sequence[TensorBoardLogger] = (),
+) -> None:
+    """summary.json and the report, written by rank 0 only, after the process group is closed; the report's
+    figures then go to the loggers, which are closed."""
+    try:
+        if dist.is_main:
+            atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        shutdown()  # a no-op outside torchrun
+        if dist.is_main and report:
+            md = _write_report(run_dir, ds)
+            if md is not None and loggers:
+                _log_figures(loggers, _report_figures(md))
+    finally:
+        _close(loggers)
 
 
-def _write_report(run_dir: Path, ds) -> None:
+def _log_figures(loggers: Sequence[TensorBoardLogger], figures: dict[str, Path]) -> None:
+    for logger in loggers:
+        try:
+            logger.add_figures(figures)
+        except Exception as e:  # noqa: BLE001 - as with the report: a finished run must not fail on its figures
+            log.warning("report figures not logged (%s: %s)", type(e).__name__, e)
+
+
+def _close(loggers: Sequence[TensorBoardLogger]) -> None:
+    for logger in loggers:
+        logger.close()
+
+
+def _write_report(run_dir: Path, ds) -> Path | None:
+    """The report's report.md, or None when it could not be written."""
     from .report import write_report
 
     try:
         path = write_report(run_dir, dataset=ds)  # reuses the data set already in memory
         log.info("report: %s", path)
+        return Path(path)
     except Exception as e:  # noqa: BLE001 - a finished run must not fail on its report
         log.warning("report not written (%s: %s); `vislab report %s` retries", type(e).__name__, e, run_dir)
+        return None
+
+
+# A Markdown image link to a PNG: ![alt](path.png)
+_MD_PNG = re.compile(r"!\[[^\]]*\]\(([^)\s]+\.png)\)")
+
+
+def _report_figures(md_path: Path) -> dict[str, Path]:
+    """name -> PNG file of every figure report.md shows, in its order (the Markdown's links are where they live)."""
+    try:
+        text = md_path.read_text()
+    except OSError:
+        return {}
+    return {Path(link).stem: md_path.parent / link for link in _MD_PNG.findall(text)}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # A learning rate, or "auto": `vislab train` runs the LR range test (section lr_find) and uses its suggestion.
 LearningRate = Annotated[float, Field(gt=0.0)] | Literal["auto"]
+# Where `trainer.loggers` can send the metrics besides metrics.jsonl (which stays the canonical log).
+LoggerName = Literal["tensorboard"]
 
 
 class _Section(BaseModel):
@@ -140,6 +142,14 @@ class TrainerConfig(_Section):
     drop_last: bool = True  # drop the last incomplete training batch
     report: bool = True  # write report.md / report.html into the run folder at the end
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
+    loggers: list[LoggerName] = []  # also write the metrics to: tensorboard (event files in <run>/tensorboard/)
+    log_every_n_steps: int = Field(50, gt=0)  # loggers: training loss and LR every this many optimizer steps
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _one_logger(cls, v: object) -> object:
+        # `--set trainer.loggers=tensorboard` and `loggers: tensorboard` name one logger without YAML's brackets.
+        return [v] if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _check(self) -> TrainerConfig:

@@ -5,6 +5,7 @@ from ._dist import DistInfo, broadcast_object, init_distributed, launched_by_tor
 from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from .hooks import BEST, INTERRUPTED, LAST, Callback, Checkpointer, LRMonitor, MetricsLogger, best_row, metric_mode
 from .loaders import DeviceLoader
+from .loggers import TensorBoardLogger
 from .optim import OPTIMIZERS, SCHEDULERS, Scheduler, create_optimizer, create_scheduler, onecycle_peak_fraction
 from .trainer import Trainer, TrainingDiverged, evaluate, train_one_epoch
 
@@ -29,6 +30,7 @@ __all__ = [
     "Precision",
     "SCHEDULERS",
     "Scheduler",
+    "TensorBoardLogger",
     "Trainer",
     "TrainingDiverged",
     "create_optimizer",
