@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 import vislab
-from vislab.build import TENSORBOARD_DIR, build_loggers
+from vislab.build import build_loggers
 from vislab.config import config_to_yaml, load_config
 from vislab.engine import Callback, DistInfo, TensorBoardLogger
 from vislab.errors import ConfigError
-from vislab.rundir import read_resume_config
+from vislab.rundir import TENSORBOARD_DIR, read_resume_config
 
 pytest.importorskip("tensorboardX")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")

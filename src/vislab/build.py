@@ -17,11 +17,11 @@ from torch import nn
 from .config import Config, OptimConfig, SchedConfig
 from .engine import DeviceLoader, DistInfo, TensorBoardLogger
 from .errors import ConfigError
+from .rundir import TENSORBOARD_DIR
 
 SINGLE_PROCESS = DistInfo()  # rank 0 of 1: a run outside torchrun (frozen, so safe as a default)
 # Devices whose tensors torch's SyncBatchNorm accepts during training.
 SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
-TENSORBOARD_DIR = "tensorboard"  # the event files' folder inside the run folder (one TensorBoard run per run folder)
 # trainer.loggers name -> (module it needs, the extra that installs it)
 LOGGER_PACKAGES = {"tensorboard": ("tensorboardX", "tensorboard")}
 

@@ -34,6 +34,9 @@ CHECKPOINTS_DIR = "checkpoints"  # best/, last/ and interrupted/ checkpoint fold
 CHECKPOINT_NAMES = (BEST, LAST)  # the ones a report or explanation may pick by name, in order of preference
 CALIBRATION_FILE = "calibration.json"  # calibration metrics and the temperature fitted on the validation split
 ROBUSTNESS_FILE = "robustness.json"  # accuracy per corruption and severity (vislab robust, the report)
+TENSORBOARD_DIR = (
+    "tensorboard"  # the event files' folder (trainer.loggers: [tensorboard]); one TensorBoard run per run folder
+)
 
 __all__ = [
     "BEST",
@@ -49,6 +52,7 @@ __all__ = [
     "ROBUSTNESS_FILE",
     "RUNS_ROOT",
     "SUMMARY_FILE",
+    "TENSORBOARD_DIR",
     "RunFolder",
     "check_writable",
     "find_checkpoint",
