@@ -20,13 +20,15 @@ from vislab.data._dataset import (
     split_validation,
     with_validation_split,
 )
-from vislab.data._decode import resize_nchw
+from vislab.data._decode import IMAGE_SUFFIXES, decode_file, resize_nchw
 from vislab.data._imagefolder import load_imagefolder
 from vislab.errors import ConfigError, DataError
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "ImageDataset",
     "balanced_subset",
+    "decode_file",
     "default_cache_dir",
     "list_datasets",
     "load_dataset",
