@@ -13,6 +13,8 @@ _LAZY = {
     "write_report": ("vislab.report", "write_report"),
     "explain_run": ("vislab.report", "explain_run"),
     "compare_runs": ("vislab.report", "compare_runs"),
+    "predict_files": ("vislab.deploy", "predict_files"),
+    "export_run": ("vislab.deploy", "export_run"),
     "load_config": ("vislab.config", "load_config"),
     "list_recipes": ("vislab.config", "list_recipes"),
     "create_model": ("vislab.models", "create_model"),
@@ -26,7 +28,19 @@ _LAZY = {
 # Public subpackages, also imported on first attribute access: a notebook user types
 # `vislab.report.load_run` right after `import vislab`, and eager imports would pull torch into
 # `vislab --version`. Once imported, Python binds each as an attribute and __getattr__ is not asked again.
-_SUBPACKAGES = ("augment", "bench", "config", "data", "engine", "explain", "models", "plots", "report", "tuner")
+_SUBPACKAGES = (
+    "augment",
+    "bench",
+    "config",
+    "data",
+    "deploy",
+    "engine",
+    "explain",
+    "models",
+    "plots",
+    "report",
+    "tuner",
+)
 
 __all__ = ["__version__", *_LAZY]
 

@@ -1,4 +1,4 @@
-"""The `vislab` command line: train, lr-find, report, explain, compare, recipes, summary, bench."""
+"""The `vislab` command line: train, lr-find, report, explain, compare, predict, export, recipes, summary, bench."""
 
 from __future__ import annotations
 
@@ -161,6 +161,156 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from .deploy import describe_temperature, format_table, predict_files
+    from .env import setup_logging
+    from .errors import ConfigError
+
+    if args.cam and args.out is None:
+        raise ConfigError("--cam writes one Grad-CAM overlay PNG per image: give the folder for them with --out DIR.")
+    if args.out is not None and not args.cam:
+        raise ConfigError("--out DIR is where --cam writes its Grad-CAM overlays; add --cam, or drop --out.")
+    # Warnings (skipped files) on stderr; stdout holds only the table or the JSON.
+    setup_logging(logging.WARNING)
+    results = predict_files(
+        args.run_dir,
+        args.paths,
+        top_k=args.top_k,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        data_root=args.data_root,
+        strict=args.strict,
+        cam_dir=args.out if args.cam else None,
+        layer=args.layer,
+    )
+    if args.json:
+        print(json.dumps([r.as_dict() for r in results], indent=2))
+        return 0
+    first = results[0]
+    print(f"# checkpoint {first.checkpoint}, {describe_temperature(first.temperature)}")
+    print(format_table(results))
+    if args.cam:
+        print(f"# Grad-CAM overlays of the predicted class in {args.out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .deploy import export_run
+    from .env import setup_logging
+
+    setup_logging()
+    res = export_run(
+        args.run_dir,
+        format=args.format,
+        out=args.out,
+        checkpoint=args.checkpoint,
+        with_normalize=args.with_normalize,
+        data_root=args.data_root,
+    )
+    info, check = res.info, res.info["parity"]
+    if res.replaced is not None:
+        print(
+            f"replaced the earlier {res.replaced['format']} export in {res.out_dir} (of {res.replaced.get('exported_at')})"
+        )
+    inp = info["input"]
+    print(
+        f"{info['format']}: input {inp['name']} {inp['dtype']} (batch, 3, {info['image_size'][0]}, {info['image_size'][1]}), "
+        + (
+            "normalized inside the model"
+            if info["normalize_included"]
+            else "normalize with model.json's mean/std first"
+        )
+        + f"; checkpoint {info['checkpoint']['name']} (epoch {info['checkpoint']['epoch']})"
+    )
+    if check["max_abs_logit_diff"] is not None:
+        print(
+            f"parity: max abs logit difference {check['max_abs_logit_diff']:.2e} vs PyTorch on {check['images']} test "
+            f"images ({check['runtime']})"
+        )
+    else:
+        print(f"parity: {check['note']}")
+    print(res.model_file)
+    print(res.info_file)
+    return 0
+
+
+def _add_deploy_subcommands(sub: argparse._SubParsersAction) -> None:
+    from .deploy import DEFAULT_TOP_K, EXPORT_FORMATS
+
+    checkpoint_help = (
+        "checkpoint to use: best, last, interrupted (of a stopped run) or a path (default: best, else last)"
+    )
+    data_root_help = "data folder, when the run's data.root does not resolve from here (its mean/std and class names)"
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with a run's model",
+        description="Classify PNG/JPEG files with a run's model; folders are searched recursively (sorted). Each image "
+        "is converted to RGB, resized to the run's image size as its data set was and normalized with its mean/std. "
+        "Prints the top-k classes and their probabilities: the softmax of the logits divided by the temperature fitted "
+        "for this checkpoint (calibration.json) when there is one, else the plain softmax; the first line says which. "
+        "Files that cannot be decoded are skipped with a warning (refused with --strict).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="folder of a `vislab train` run (finished or interrupted)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, or folders searched for .png/.jpg/.jpeg")
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        metavar="K",
+        help=f"classes shown per image (default {DEFAULT_TOP_K})",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of {path, predictions: [{class, prob}], temperature, ...}",
+    )
+    p.add_argument(
+        "--cam", action="store_true", help="write a Grad-CAM overlay of the predicted class per image to --out"
+    )
+    p.add_argument("--out", metavar="DIR", help="folder for the --cam overlays (<file name>-cam.png)")
+    p.add_argument(
+        "--layer", metavar="NAME", help="Grad-CAM layer, a dotted module name (default: the model's registered layer)"
+    )
+    p.add_argument("--checkpoint", metavar="best|last|interrupted|PATH", help=checkpoint_help)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument("--data-root", metavar="DIR", help=data_root_help)
+    p.add_argument(
+        "--strict", action="store_true", help="refuse (exit 2) if any file cannot be decoded instead of skipping it"
+    )
+    p.set_defaults(func=_cmd_predict)
+
+    e = sub.add_parser(
+        "export",
+        help="export a run's model to ONNX (or pt2 / TorchScript) with a model.json",
+        description="Export a run's model, fp32 in eval mode with a dynamic batch dimension, and model.json beside it: "
+        "input name, shape, dtype and range, class names, image size, mean/std, checkpoint, versions, the fitted "
+        "temperature and the largest logit difference between the exported file and PyTorch on test images "
+        "(ONNX: measured with onnxruntime when installed). Without --with-normalize the model takes float32 images "
+        "already normalized with model.json's mean/std; with it, uint8 RGB pixels 0..255. An earlier export of the "
+        "same format in the folder is replaced (and said so); nothing else there is overwritten.",
+    )
+    e.add_argument("run_dir", metavar="RUN_DIR", help="folder of a `vislab train` run (finished or interrupted)")
+    e.add_argument(
+        "--format",
+        choices=EXPORT_FORMATS,
+        default="onnx",
+        help="onnx (needs pip install 'vislab[onnx]'), pt2 (torch.export) or torchscript (torch.jit.trace, deprecated "
+        "by PyTorch; for libtorch) (default onnx)",
+    )
+    e.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/export)")
+    e.add_argument("--checkpoint", metavar="best|last|interrupted|PATH", help=checkpoint_help)
+    e.add_argument(
+        "--with-normalize",
+        action="store_true",
+        help="take uint8 RGB pixels (N, 3, H, W) 0..255 and apply the run's mean/std inside the exported model",
+    )
+    e.add_argument("--data-root", metavar="DIR", help=data_root_help)
+    e.set_defaults(func=_cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vislab", description="Fast, tested image-classification experiments on CIFAR-10-class data."
@@ -279,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .report.commands import add_subcommands  # report, explain, compare
 
     add_subcommands(sub)
+    _add_deploy_subcommands(sub)
     return p
 
 
