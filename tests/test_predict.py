@@ -243,3 +243,26 @@ def test_chunked_prediction_matches_and_strict_refuses_before_writing(loaded, tr
     with pytest.raises(DataError, match="1 of 6 files"):
         predict_loaded(loaded, [*files, tmp_path / "zz-bad.png"], strict=True, cam_dir=cams)
     assert not any(cams.iterdir())  # nothing predicted or drawn before the refusal
+
+
+def test_predict_and_export_need_no_data_set_once_the_run_recorded_data_json(trained, loaded, tmp_path, capsys):
+    from vislab.rundir import DATA_FILE, data_info
+
+    run_dir, data = trained
+    info = json.loads((run_dir / DATA_FILE).read_text())
+    assert info["classes"] == loaded.classes and info["image_size"] == list(loaded.dataset.image_size)
+    assert info["mean"] == pytest.approx(list(loaded.dataset.mean))
+    # The run folder alone, somewhere else, with its data folder and cache out of reach.
+    moved = Path(shutil.copytree(run_dir, tmp_path / "elsewhere" / "run"))
+    files = [Path(shutil.copy(f, tmp_path / f.name)) for f in _test_files(data)[:3]]
+    cfg = (moved / "config.yaml").read_text().replace(str(data), str(tmp_path / "gone"))
+    (moved / "config.yaml").write_text(cfg.replace(str(data.parent / "cache"), str(tmp_path / "no-cache")))
+    assert data_info(moved).test_x.shape[0] == 0
+    got = predict_files(moved, files, top_k=len(CLASSES), device="cpu")
+    want = predict_files(run_dir, files, top_k=len(CLASSES), device="cpu")
+    for g, w in zip(got, want):
+        assert _probs(g) == pytest.approx(_probs(w), abs=1e-6)
+    assert main(["export", str(moved), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    exported = json.loads((tmp_path / "onnx" / "model.json").read_text())
+    assert "random pixels" in exported["parity"]["reference"] and exported["parity"]["max_abs_logit_diff"] < 1e-4
+    assert exported["classes"] == list(CLASSES)

@@ -69,6 +69,7 @@ from .rundir import (
     read_resume_config,
     run_html,
     run_repr,
+    write_data_info,
 )
 from .version import __version__
 
@@ -290,7 +291,9 @@ def train(
         run_dir = Path(broadcast_object(str(run_dir) if dist.is_main else None))
 
     with determinism(t.deterministic, device):
-        model, train_loader, test_loader, val_loader, gen = build_training(cfg, ds, device, channels_last, dist)
+        model, train_loader, test_loader, val_loader, gen = build_training(
+            cfg, ds, device, channels_last, dist, fresh=resume is None
+        )
         s = cfg.sched
         if s.name == "onecycle":  # before a range test spends minutes: the schedule must fit the real step count
             onecycle_peak_fraction(t.epochs, len(train_loader), s.peak_epoch, s.peak_fraction)
@@ -371,6 +374,7 @@ def train(
                 header += f"# {field_name}: auto -> {sugg['chosen']!r} (LR range test, {sugg['method']} suggestion; sweep in lr_find.json)\n"
         if dist.is_main:
             atomic_write_text(run_dir / CONFIG_FILE, header + config_to_yaml(cfg))
+            write_data_info(run_dir, ds)
         log.info(
             "run %s: %s on %s (%s, %s, channels_last=%s), %d train / %d test images",
             run_dir,

@@ -20,7 +20,7 @@ from .config import Config, apply_overrides, load_config, parse_config_yaml, val
 from .engine import BEST, INTERRUPTED, LAST, best_row, checkpoint_exists, metric_mode
 from .errors import ConfigError, DataError, VislabError
 from .explain import checkpoint_key
-from .files import read_jsonl
+from .files import atomic_write_text, read_jsonl
 from .tuner import LR_FIND_JSON
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,8 @@ CHECKPOINTS_DIR = "checkpoints"  # best/, last/ and interrupted/ checkpoint fold
 CHECKPOINT_NAMES = (BEST, LAST)  # the ones a report or explanation may pick by name, in order of preference
 CALIBRATION_FILE = "calibration.json"  # calibration metrics and the temperature fitted on the validation split
 ROBUSTNESS_FILE = "robustness.json"  # accuracy per corruption and severity (vislab robust, the report)
-TENSORBOARD_DIR = (
-    "tensorboard"  # the event files' folder (trainer.loggers: [tensorboard]); one TensorBoard run per run folder
-)
+DATA_FILE = "data.json"  # the data set's classes, image size and training mean/std: predict and export need no data
+TENSORBOARD_DIR = "tensorboard"  # event files (trainer.loggers: [tensorboard]); one TensorBoard run per run folder
 
 __all__ = [
     "BEST",
@@ -44,6 +43,7 @@ __all__ = [
     "CHECKPOINTS_DIR",
     "CHECKPOINT_NAMES",
     "CONFIG_FILE",
+    "DATA_FILE",
     "INTERRUPTED",
     "LAST",
     "LR_STEPS_FILE",
@@ -55,6 +55,7 @@ __all__ = [
     "TENSORBOARD_DIR",
     "RunFolder",
     "check_writable",
+    "data_info",
     "find_checkpoint",
     "is_lr_find_folder",
     "metric_mode",
@@ -62,6 +63,7 @@ __all__ = [
     "read_resume_config",
     "read_run",
     "read_temperature",
+    "write_data_info",
     "refuse_lr_find_folder",
 ]
 
@@ -213,6 +215,44 @@ def find_checkpoint(run_dir: Path, checkpoint: str | Path | None = None) -> Path
             "path of a checkpoint folder."
         )
     return path
+
+
+def write_data_info(run_dir: Path, ds: Any) -> None:
+    """What a trained model needs to know of its data set to be used without it (an ImageDataset `ds`)."""
+    h, w = ds.image_size
+    info = {
+        "name": ds.name,
+        "classes": list(ds.classes),
+        "image_size": [h, w],
+        "channels": int(ds.train_x.shape[1]),
+        "mean": [float(m) for m in ds.mean],
+        "std": [float(s) for s in ds.std],
+        "train_images": int(ds.train_y.numel()),
+        "val_images": int(ds.val_y.numel()) if ds.val_y is not None else 0,
+        "test_images": int(ds.test_y.numel()),
+    }
+    atomic_write_text(run_dir / DATA_FILE, json.dumps(info, indent=1) + "\n")
+
+
+def data_info(run_dir: str | Path) -> Any:
+    """An image-less ImageDataset with the run's classes, image size and mean/std (from data.json), or None.
+
+    Enough for `vislab predict` and `vislab export`, which take their images elsewhere; None for runs
+    trained before vislab wrote data.json, whose data set must then be loaded.
+    """
+    import torch
+
+    from .data import ImageDataset
+
+    d = _read_json(Path(run_dir) / DATA_FILE)
+    try:
+        h, w = (int(v) for v in d["image_size"])
+        empty = torch.empty(0, int(d.get("channels", 3)), h, w, dtype=torch.uint8)
+        labels = torch.empty(0, dtype=torch.int64)
+        mean, std = (tuple(float(v) for v in d[k]) for k in ("mean", "std"))
+        return ImageDataset(str(d["name"]), empty, labels, empty, labels, [str(c) for c in d["classes"]], mean, std)
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def read_temperature(run_dir: str | Path, checkpoint: str | Path) -> float | None:

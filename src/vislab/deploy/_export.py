@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..files import atomic_write_text
 from ..report import load_run
-from ..rundir import read_temperature
+from ..rundir import data_info, read_temperature
 from ..version import __version__
 from . import EXPORT_FORMATS
 
@@ -243,13 +243,20 @@ def export_run(
     model.json gives; with it, uint8 RGB pixels (N, 3, H, W), 0..255, normalized inside the graph. Either
     way images must be resized to model.json's image_size first. An earlier export of the same format in
     `out` is replaced (ExportResult.replaced says so); any other file there is never overwritten. The run's
-    data set is loaded (from its cache) for the class names, the mean/std and the parity batch.
+    class names, image size and mean/std come from the run's data.json (the parity is then measured on random
+    pixels); a run from before it, or an explicit `data_root`, loads its data set and measures on test images.
     """
     check_format(format)
     out_dir = Path(out) if out is not None else default_out(run_dir)
     earlier = _check_out(out_dir, format)
     started = time.perf_counter()
-    run = load_run(run_dir, checkpoint=checkpoint, device="cpu", data_root=data_root)
+    run = load_run(
+        run_dir,
+        checkpoint=checkpoint,
+        device="cpu",
+        data_root=data_root,
+        dataset=None if data_root is not None else data_info(run_dir),
+    )
     ds = run.dataset
     h, w = ds.image_size
     mean, std = [float(m) for m in ds.mean], [float(s) for s in ds.std]
@@ -263,15 +270,21 @@ def export_run(
     path = export_model(model, out_dir / FILE_NAMES[format], example, format=format)
 
     images = ds.test_x[:PARITY_IMAGES]  # (n, 3, H, W) uint8
+    parity_on = "the run's first test images"
+    if not images.shape[0]:  # data.json stood in for the data set: random pixels check the graph as well
+        images = torch.randint(
+            0, 256, (PARITY_IMAGES, 3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+        )
+        parity_on = "random pixels (seed 0; the run's data set was not loaded)"
     x = images if with_normalize else run.normalize(images).float().contiguous()
-    diff = parity(path, model, x, format=format) if images.shape[0] else None
+    diff = parity(path, model, x, format=format)
     runtime = _runtime(format)
     if diff is not None:
         check = {"max_abs_logit_diff": diff, "images": int(images.shape[0]), "runtime": runtime}
     else:
-        why = "onnxruntime is not installed (pip install onnxruntime)" if runtime is None else "no test images"
+        why = "onnxruntime is not installed (pip install onnxruntime)"
         check = {"max_abs_logit_diff": None, "images": 0, "runtime": runtime, "note": f"not measured: {why}"}
-    check["reference"] = "the same model in PyTorch, fp32 on the CPU, on the run's first test images"
+    check["reference"] = f"the same model in PyTorch, fp32 on the CPU, on {parity_on}"
 
     if with_normalize:
         inp = {"dtype": "uint8", "range": "0..255 RGB pixels; the run's mean/std are applied inside the model"}

@@ -18,7 +18,7 @@ from ..errors import ConfigError, DataError
 from ..explain import grad_cam, predict
 from ..plots import overlay_heatmap, plot_image_grid
 from ..report import LoadedRun, load_run
-from ..rundir import read_temperature
+from ..rundir import data_info, read_temperature
 from . import DEFAULT_TOP_K
 
 log = logging.getLogger(__name__)
@@ -286,12 +286,19 @@ def predict_files(
     Images are converted to RGB, resized to the run's image size as its data set was and normalized with its
     mean/std; logits are divided by the temperature fitted for this checkpoint (calibration.json) when there
     is one. Files that cannot be decoded are skipped with a warning, or refused (DataError) with `strict`.
-    `cam_dir` writes a Grad-CAM overlay of the predicted class per image there. The run's data set is loaded
-    (from its cache) for the class names and the training mean/std; `data_root` points at it from elsewhere.
+    `cam_dir` writes a Grad-CAM overlay of the predicted class per image there. The class names, image size and
+    training mean/std come from the run's data.json; a run from before it (or an explicit `data_root`) loads its
+    data set instead.
     """
     _check_top_k(top_k)
     files = find_images(paths)  # a missing PATH is reported before the model and the data load
-    run = load_run(run_dir, checkpoint=checkpoint, device=device or "auto", data_root=data_root)
+    run = load_run(
+        run_dir,
+        checkpoint=checkpoint,
+        device=device or "auto",
+        data_root=data_root,
+        dataset=None if data_root is not None else data_info(run_dir),
+    )
     return _predict(run, files, top_k=top_k, strict=strict, cam_dir=cam_dir, layer=layer)
 
 
