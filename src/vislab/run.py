@@ -39,6 +39,7 @@ from .engine import (
     DistInfo,
     LRMonitor,
     MetricsLogger,
+    ModelEma,
     TensorBoardLogger,
     Trainer,
     best_row,
@@ -291,9 +292,7 @@ def train(
         run_dir = Path(broadcast_object(str(run_dir) if dist.is_main else None))
 
     with determinism(t.deterministic, device):
-        model, train_loader, test_loader, val_loader, gen = build_training(
-            cfg, ds, device, channels_last, dist, fresh=resume is None
-        )
+        model, train_loader, test_loader, val_loader, gen = build_training(cfg, ds, device, channels_last, dist)
         s = cfg.sched
         if s.name == "onecycle":  # before a range test spends minutes: the schedule must fit the real step count
             onecycle_peak_fraction(t.epochs, len(train_loader), s.peak_epoch, s.peak_fraction)
@@ -350,6 +349,8 @@ def train(
             eval_model=model if dist.enabled else None,
             distributed=dist.enabled,
             interrupt_dir=ckpt_dir if dist.is_main else None,
+            # After the range test (which restores the model): the average starts from the weights training starts from.
+            ema=ModelEma(model, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay is not None else None,
         )
         if resume is not None:
             if checkpoint_exists(ckpt_dir / LAST):

@@ -255,7 +255,7 @@ def data_info(run_dir: str | Path) -> Any:
         return None
 
 
-def read_temperature(run_dir: str | Path, checkpoint: str | Path) -> float | None:
+def read_temperature(run_dir: str | Path, checkpoint: str | Path, weights: str = "raw") -> float | None:
     """The softmax temperature fitted for `checkpoint` (a folder under checkpoints/) on the run's validation split.
 
     None when the run has no fitted temperature (no validation split, report not written yet) or when it was
@@ -269,6 +269,8 @@ def read_temperature(run_dir: str | Path, checkpoint: str | Path) -> float | Non
         return None
     key, now = fitted.get("checkpoint_key"), checkpoint_key(checkpoint)
     if not isinstance(key, dict) or any(key.get(k) != now[k] for k in ("checkpoint", "content")):
+        return None
+    if fitted.get("weights", "raw") != weights:  # fitted on the EMA weights, asked for the raw ones, or the reverse
         return None
     return float(fitted["value"])
 

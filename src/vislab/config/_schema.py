@@ -135,9 +135,11 @@ class TrainerConfig(_Section):
     compile: bool = False  # torch.compile the model (slow start; pays off on long GPU runs)
     seed: int = Field(0, ge=0)
     deterministic: bool = False  # deterministic algorithms (exact resume; slower on GPU)
-    checkpoint_metric: Literal["test_acc", "test_loss", "val_acc", "val_loss"] = (
-        "test_acc"  # what picks the `best` checkpoint (val_*: needs data.val_size)
-    )
+    checkpoint_metric: Literal[
+        "test_acc", "test_loss", "val_acc", "val_loss", "ema_test_acc", "ema_test_loss", "ema_val_acc", "ema_val_loss"
+    ] = "test_acc"  # what picks the `best` checkpoint (val_*: needs data.val_size; ema_*: trainer.ema_decay)
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)  # keep an EMA of the weights with this decay; None: off
+    ema_warmup: bool = True  # EMA decay min(decay, (1 + t) / (10 + t)) at update t, as timm's ModelEmaV3
     progress: bool = True  # per-step progress bar
     drop_last: bool = True  # drop the last incomplete training batch
     report: bool = True  # write report.md / report.html into the run folder at the end
@@ -157,6 +159,11 @@ class TrainerConfig(_Section):
         ok = dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
         if not ok:
             raise ValueError(f"trainer.device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+        if self.checkpoint_metric.startswith("ema_") and self.ema_decay is None:
+            raise ValueError(
+                f"trainer.checkpoint_metric = {self.checkpoint_metric} picks the best epoch by the EMA weights, which exist only "
+                "with trainer.ema_decay set (e.g. 0.999)"
+            )
         return self
 
 
@@ -205,7 +212,7 @@ class Config(_Section):
                 ("sched.monitor", s.monitor if s.name == "plateau" else ""),
                 ("trainer.checkpoint_metric", self.trainer.checkpoint_metric),
             ):
-                if metric.startswith("val_"):
+                if metric.removeprefix("ema_").startswith("val_"):
                     raise ValueError(
                         f"{field} = {metric} needs a validation split: set data.val_size (e.g. 5000 images held out of train), or monitor test_loss / test_acc"
                     )

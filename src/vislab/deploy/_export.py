@@ -290,7 +290,7 @@ def export_run(
         inp = {"dtype": "uint8", "range": "0..255 RGB pixels; the run's mean/std are applied inside the model"}
     else:
         inp = {"dtype": "float32", "range": "(pixels / 255 - mean) / std per channel, pixels RGB 0..255"}
-    temperature = read_temperature(run.folder.run_dir, run.checkpoint)
+    temperature = read_temperature(run.folder.run_dir, run.checkpoint, run.weights)
     info: dict[str, Any] = {
         "exported_by": "vislab export",
         "format": format,

@@ -208,7 +208,7 @@ def _predict(
     cam_dir: str | Path | None,
     layer: str | None,
 ) -> list[Prediction]:
-    temperature = read_temperature(run.folder.run_dir, run.checkpoint)
+    temperature = read_temperature(run.folder.run_dir, run.checkpoint, run.weights)
     k = min(top_k, len(run.classes))
     size = run.dataset.image_size  # (H, W)
     cam_out = Path(cam_dir) if cam_dir is not None else None

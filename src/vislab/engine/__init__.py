@@ -3,6 +3,7 @@
 from ._device import Precision, resolve_channels_last, resolve_device, resolve_precision
 from ._dist import DistInfo, broadcast_object, init_distributed, launched_by_torchrun, shutdown
 from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from .ema import ModelEma, ema_decay_at
 from .hooks import BEST, INTERRUPTED, LAST, Callback, Checkpointer, LRMonitor, MetricsLogger, best_row, metric_mode
 from .loaders import DeviceLoader
 from .loggers import TensorBoardLogger
@@ -26,6 +27,8 @@ __all__ = [
     "DeviceLoader",
     "LRMonitor",
     "MetricsLogger",
+    "ModelEma",
+    "ema_decay_at",
     "OPTIMIZERS",
     "Precision",
     "SCHEDULERS",

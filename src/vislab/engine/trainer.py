@@ -19,6 +19,7 @@ from ..errors import Interrupted, TrainingDiverged, VislabError
 from ._device import Precision
 from ._dist import reduce_sums
 from .checkpoint import nonfinite_tensors, rng_state, set_rng_state
+from .ema import ModelEma
 from .hooks import INTERRUPTED, Callback
 from .optim import Scheduler
 
@@ -80,6 +81,7 @@ def train_one_epoch(
     trainer: Trainer | None = None,
     callbacks: Sequence[Callback] = (),
     on_step: Callable[[float], None] | None = None,
+    on_optimizer_step: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     epoch: int | None = None,
     progress: bool = False,
@@ -92,8 +94,9 @@ def train_one_epoch(
     term); train_ce is the plain cross-entropy of the same logits, the quantity a test loss measures.
 
     The loop reports to its caller instead of writing into it: `callbacks` get `trainer` (read
-    only) at each batch end, `on_step(lr)` follows every optimizer step, `should_stop()` is asked
-    after each step, and `epoch` names the epoch in error messages.
+    only) at each batch end, `on_step(lr)` follows every batch, `on_optimizer_step()` only the steps the
+    optimizer really took (a GradScaler skips overflowed ones: an EMA must not average a step that never
+    happened), `should_stop()` is asked after each step, and `epoch` names the epoch in error messages.
 
     A NaN/inf loss raises `TrainingDiverged` (checked twice a second and at the end, without a
     host sync per step) unless `stop_on_nonfinite=False`, as the LR range test needs.
@@ -142,6 +145,8 @@ def train_one_epoch(
             optimizer.step()
         if scheduler is not None and stepped:
             scheduler.step_batch()
+        if on_optimizer_step is not None and stepped:
+            on_optimizer_step()
         n = y.shape[0]
         lrs.append(lr)
         # Recorded on the device without a host sync; read back twice a second at most.
@@ -261,6 +266,7 @@ class Trainer:
         eval_model: nn.Module | None = None,
         distributed: bool = False,
         interrupt_dir: str | Path | None = None,
+        ema: ModelEma | None = None,
     ):
         self.model = model  # the module whose state is saved (never the compiled or DDP wrapper)
         self.forward_model = compiled_model if compiled_model is not None else model
@@ -295,6 +301,9 @@ class Trainer:
             Path(interrupt_dir) if interrupt_dir is not None else None
         )  # where an interrupted epoch's checkpoint goes
         self.distributed = distributed  # under torchrun: no graceful signal handling (see _stop_on_signals)
+        # Averaged weights, updated from the bare model after each optimizer step and evaluated beside it
+        # (ema_* columns); checkpointed with the run, so a resume continues the same average.
+        self.ema = ema
 
     def fit(self) -> list[dict[str, Any]]:
         for cb in self.callbacks:
@@ -326,6 +335,7 @@ class Trainer:
                 trainer=self,
                 callbacks=self.callbacks,
                 on_step=self._count_step,
+                on_optimizer_step=(lambda: self.ema.update(self.model)) if self.ema is not None else None,
                 should_stop=lambda: self.stop_signal is not None,
                 epoch=epoch,
                 progress=self.progress,
@@ -354,6 +364,7 @@ class Trainer:
                     channels_last=self.channels_last,
                 )
                 val = {"val_loss": m["test_loss"], "val_acc": m["test_acc"]}
+            ema = self._evaluate_ema() if self.ema is not None else {}
         except torch.OutOfMemoryError:
             bs = getattr(self.train_loader, "batch_size", "?")
             raise VislabError(
@@ -361,7 +372,7 @@ class Trainer:
                 f"trainer.batch_size = {bs}. Lower trainer.batch_size (e.g. to {bs // 2 if isinstance(bs, int) else 'half'}), "
                 f"use trainer.precision=bf16, or a smaller model.width; the last good checkpoint is kept."
             ) from None
-        self.scheduler.step_epoch({**train, **val, **test})
+        self.scheduler.step_epoch({**train, **val, **test, **ema})
         self.epoch = epoch
         row = {
             "epoch": epoch,
@@ -372,11 +383,12 @@ class Trainer:
             **val,
             "test_loss": test["test_loss"],
             "test_acc": test["test_acc"],
+            **ema,
             "seconds": time.perf_counter() - start,
         }
         self.history.append(row)
         log.info(
-            "epoch %d/%d  train loss %.4f acc %.2f%%%s  test loss %.4f acc %.2f%%  lr %.3g  %.1fs",
+            "epoch %d/%d  train loss %.4f acc %.2f%%%s  test loss %.4f acc %.2f%%%s  lr %.3g  %.1fs",
             epoch,
             self.epochs,
             row["train_loss"],
@@ -384,11 +396,22 @@ class Trainer:
             f"  val loss {val['val_loss']:.4f} acc {val['val_acc']:.2f}%" if val else "",
             row["test_loss"],
             row["test_acc"],
+            f" (EMA {ema['ema_test_acc']:.2f}%)" if ema else "",
             train["lr"],
             row["seconds"],
         )
         for cb in self.callbacks:
             cb.on_epoch_end(self, row)
+
+    def _evaluate_ema(self) -> dict[str, float]:
+        """ema_test_* (and ema_val_*) columns: the averaged weights on the same splits."""
+        kw = {"device": self.device, "precision": self.precision, "channels_last": self.channels_last}
+        m = evaluate(self.ema.module, self.test_loader, **kw)
+        out = {"ema_test_loss": m["test_loss"], "ema_test_acc": m["test_acc"]}
+        if self.val_loader is not None:
+            m = evaluate(self.ema.module, self.val_loader, **kw)
+            out.update({"ema_val_loss": m["test_loss"], "ema_val_acc": m["test_acc"]})
+        return out
 
     def _count_step(self, lr: float) -> None:
         self.global_step += 1
@@ -396,6 +419,8 @@ class Trainer:
 
     def _check_finite_weights(self, epoch: int) -> None:
         bad = nonfinite_tensors(self.model.state_dict())
+        if self.ema is not None:
+            bad += [f"ema.{k}" for k in nonfinite_tensors(self.ema.module.state_dict())]
         if bad:
             raise TrainingDiverged(
                 f"Training diverged in epoch {epoch}: after its last step {len(bad)} weight tensor(s) hold NaN or infinite "
@@ -425,6 +450,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "precision": self.precision.name,  # what auto resolved to: the report evaluates the weights in it
             "rng": rng_state(self.generator),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -440,3 +466,7 @@ class Trainer:
         self.best_metric = state.get("best_metric")
         self.best_epoch = state.get("best_epoch")
         set_rng_state(state["rng"], self.generator)
+        if self.ema is not None:
+            if "ema" not in state:
+                raise VislabError("The checkpoint holds no EMA weights, but the run averages them (trainer.ema_decay).")
+            self.ema.load_state_dict(state["ema"])

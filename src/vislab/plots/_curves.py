@@ -38,8 +38,16 @@ _LOSS_SERIES = (
     ("train_loss", "train objective (with label smoothing / L1)", ":"),
     ("val_loss", "validation cross-entropy", "-."),
     ("test_loss", "test cross-entropy", "-"),
+    ("ema_val_loss", "validation cross-entropy, EMA weights", (0, (3, 1, 1, 1, 1, 1))),
+    ("ema_test_loss", "test cross-entropy, EMA weights", (0, (5, 1))),
 )
-_ACC_SERIES = (("train_acc", "train", "--"), ("val_acc", "validation", "-."), ("test_acc", "test", "-"))
+_ACC_SERIES = (
+    ("train_acc", "train", "--"),
+    ("val_acc", "validation", "-."),
+    ("test_acc", "test", "-"),
+    ("ema_val_acc", "validation, EMA weights", (0, (3, 1, 1, 1, 1, 1))),
+    ("ema_test_acc", "test, EMA weights", (0, (5, 1))),
+)
 
 
 def _loss_series(history: Rows) -> list[tuple[str, str, str]]:
@@ -54,7 +62,7 @@ def _loss_series(history: Rows) -> list[tuple[str, str, str]]:
 
 
 def _plot_metric(
-    history: Rows, ax: Axes | None, series: Sequence[tuple[str, str, str]], ylabel: str, title: str
+    history: Rows, ax: Axes | None, series: Sequence[tuple[str, str, Any]], ylabel: str, title: str
 ) -> Figure:
     fig, ax = new_axes(ax, (5.0, 3.4))
     for i, (key, label, style) in enumerate(series):
@@ -76,7 +84,7 @@ def plot_loss(history: Rows, ax: Axes | None = None) -> Figure:
 
 
 def plot_accuracy(history: Rows, ax: Axes | None = None) -> Figure:
-    """Train, validation (when there is a split) and test accuracy (%) per epoch."""
+    """Train, validation (when there is a split) and test accuracy (%) per epoch; the EMA weights' too, when averaged."""
     return _plot_metric(history, ax, _ACC_SERIES, "accuracy (%)", "accuracy")
 
 

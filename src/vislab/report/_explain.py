@@ -239,6 +239,7 @@ def explain_run(
     checkpoint: str | Path | None = None,
     device: str = "auto",
     data_root: str | Path | None = None,
+    weights: str | None = None,
     out: str | Path | None = None,
     guided: bool = False,
     faithfulness_n: int = FAITHFULNESS_SAMPLE,
@@ -256,7 +257,7 @@ def explain_run(
     check_count(n, "n")
     check_count(faithfulness_n, "faithfulness_n")
     started = time.perf_counter()
-    run = load_run(run_dir, checkpoint=checkpoint, device=device, data_root=data_root)
+    run = load_run(run_dir, checkpoint=checkpoint, device=device, data_root=data_root, weights=weights)
     timings = dict(run.timings)
     out_dir = Path(out) if out is not None else run.folder.run_dir / EXPLAIN_FOLDER
     t0 = time.perf_counter()

@@ -320,6 +320,7 @@ def make_report(
     preview: int = PREVIEW_IMAGES,
     faithfulness_n: int = FAITHFULNESS_SAMPLE,
     robust_images: int | None = REPORT_ROBUST_IMAGES,
+    weights: str | None = None,
 ) -> Report:
     """Write report.md (PNGs in report/), a self-contained report.html and report.json into the run folder.
 
@@ -335,7 +336,7 @@ def make_report(
     check_count(n, "n")
     check_count(preview, "preview")
     started = time.perf_counter()
-    run = load_run(run_dir, checkpoint=checkpoint, device=device, data_root=data_root, dataset=dataset)
+    run = load_run(run_dir, checkpoint=checkpoint, device=device, data_root=data_root, dataset=dataset, weights=weights)
     folder, ds, classes = run.folder, run.dataset, run.classes
     timings = dict(run.timings)
 
@@ -363,7 +364,9 @@ def make_report(
     ckpt_epoch = f"epoch {run.checkpoint_epoch}" if run.checkpoint_epoch >= 0 else "epoch unknown"
     doc.para(
         f"Run folder {folder.run_dir}; {_status(folder)}. Gallery, Grad-CAM and test-set numbers below come from "
-        f"checkpoints/{run.checkpoint.name} ({ckpt_epoch}). Written by vislab {__version__} on {datetime.now():%Y-%m-%d %H:%M}."
+        f"checkpoints/{run.checkpoint.name} ({ckpt_epoch}"
+        + (", the moving average (EMA) of its weights" if run.weights == "ema" else "")
+        + f"). Written by vislab {__version__} on {datetime.now():%Y-%m-%d %H:%M}."
     )
 
     t0 = time.perf_counter()
@@ -380,6 +383,20 @@ def make_report(
         note = _best_note(folder)
         if note:
             doc.para(note, note=True)
+        ema_rows = [
+            (k, r) for k, r in (("best", folder.best_row()), ("final", folder.final_row())) if r and "ema_test_acc" in r
+        ]
+        if ema_rows:
+            doc.para(
+                f"The run kept an exponential moving average of its weights (decay {folder.config.trainer.ema_decay:g}), evaluated "
+                "beside them every epoch: "
+                + "; ".join(
+                    f"{k} epoch {int(r['epoch'])}: test accuracy {_pct(r['ema_test_acc'])}% with the EMA weights vs "
+                    f"{_pct(r['test_acc'])}% with the trained weights"
+                    for k, r in ema_rows
+                )
+                + f". The figures below use the {'EMA' if run.weights == 'ema' else 'trained (raw)'} weights (`--weights` chooses)."
+            )
     else:
         doc.para("metrics.jsonl holds no finished epoch.", note=True)
     facts = [

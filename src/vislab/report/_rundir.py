@@ -47,6 +47,7 @@ class LoadedRun:
     precision: Precision
     channels_last: bool
     timings: dict[str, float] = field(default_factory=dict)
+    weights: str = "raw"  # "raw" (the trained weights) or "ema" (their moving average, trainer.ema_decay)
 
     @property
     def classes(self) -> list[str]:
@@ -133,6 +134,22 @@ def _recorded_precision(folder: RunFolder, state: dict[str, Any], dev: torch.dev
     return resolve_precision(name, dev)
 
 
+WEIGHTS = ("raw", "ema")
+
+
+def check_weights(weights: str | None, cfg: Config, state: dict[str, Any] | None = None) -> str:
+    """The weights to load: "raw" or "ema"; None picks by the run's checkpoint_metric."""
+    if weights is None:
+        weights = "ema" if cfg.trainer.checkpoint_metric.startswith("ema_") else "raw"
+    if weights not in WEIGHTS:
+        raise VislabError(f"weights = {weights!r}: choose raw (the trained weights) or ema (their moving average).")
+    if weights == "ema" and state is not None and "ema" not in state:
+        raise VislabError(
+            "weights = ema: this run kept no moving average of its weights (trainer.ema_decay was not set); use raw."
+        )
+    return weights
+
+
 def load_run(
     run_dir: str | Path,
     *,
@@ -140,11 +157,14 @@ def load_run(
     device: str = "auto",
     data_root: str | Path | None = None,
     dataset: Any = None,
+    weights: str | None = None,
 ) -> LoadedRun:
     """Rebuild a run's model from its checkpoint (best, else last) and reload its data set.
 
     `data_root` replaces the config's data.root (for a run trained from another working folder);
     `dataset` (an ImageDataset) skips loading altogether, for notebooks and for `vislab.train`.
+    `weights`: "raw" or "ema" (a run with trainer.ema_decay keeps both); default: the EMA weights when
+    the run picked its best epoch by them (trainer.checkpoint_metric = ema_*), else the raw ones.
     """
     from ..augment import TensorAugment
     from ..build import augment_spec, build_model, load_data
@@ -163,9 +183,10 @@ def load_run(
     dev = resolve_device(device)
     ckpt_path = find_checkpoint(folder.run_dir, checkpoint)
     state = load_checkpoint(ckpt_path, map_location=dev)
+    weights = check_weights(weights, cfg, state)
     model = build_model(cfg, dataset.num_classes)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"] if weights == "raw" else state["ema"]["module"])
     except (KeyError, RuntimeError) as e:
         raise VislabError(
             f"Checkpoint {str(ckpt_path)!r} does not fit the model of {str(folder.run_dir / CONFIG_FILE)!r} "
@@ -177,6 +198,8 @@ def load_run(
     precision = _recorded_precision(folder, state, dev)
     aug = TensorAugment(augment_spec(cfg), dataset.mean, dataset.std)
     key = {**checkpoint_key(ckpt_path, state), **_data_key(cfg, dataset), "precision": precision.name}
+    if weights == "ema":  # the raw weights' key stays as it was: their cached predictions remain valid
+        key["weights"] = "ema"
     timings["load model"] = time.perf_counter() - t0
     return LoadedRun(
         folder=folder,
@@ -190,4 +213,5 @@ def load_run(
         precision=precision,
         channels_last=channels_last,
         timings=timings,
+        weights=weights,
     )

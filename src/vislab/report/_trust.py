@@ -138,6 +138,7 @@ def calibrate_run(
                 "value": t,
                 # read by vislab.rundir.read_temperature (vislab predict): the checkpoint the temperature belongs to
                 "checkpoint_key": checkpoint_key(run.checkpoint),
+                "weights": run.weights,
                 "fitted_on": f"validation split ({res.val_images} images, data.val_size)",
                 "val_nll": list(val_nll),
             },
@@ -321,6 +322,6 @@ def robust(run_dir: str | Path, **kwargs: Any) -> Robustness:
     """`vislab robust` in Python: load the run (checkpoint, device, data_root) and compute its robustness table."""
     from ._rundir import load_run
 
-    load_keys = ("checkpoint", "device", "data_root", "dataset")
+    load_keys = ("checkpoint", "device", "data_root", "dataset", "weights")
     run = load_run(run_dir, **{k: kwargs.pop(k) for k in load_keys if k in kwargs})
     return robustness_run(run, **kwargs)

@@ -47,6 +47,16 @@ def _add_run_options(p: argparse.ArgumentParser, n_help: str) -> None:
     p.add_argument(
         "--data-root", metavar="DIR", help="data folder, when the run's data.root does not resolve from here"
     )
+    _add_weights_option(p)
+
+
+def _add_weights_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights",
+        choices=("raw", "ema"),
+        help="the trained weights or, for a run with trainer.ema_decay, their moving average (default: ema when the "
+        "run picked its best epoch by an ema_* metric, else raw)",
+    )
 
 
 def _check_n(n: int, least: int, allowed: str) -> None:
@@ -100,6 +110,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             data_root=args.data_root,
             preview=args.preview,
             robust_images=None if args.robust_images < 0 else args.robust_images,
+            weights=args.weights,
         )
     print(rep.markdown)
     print(rep.html)
@@ -125,6 +136,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             data_root=args.data_root,
             out=args.out,
             guided=args.guided,
+            weights=args.weights,
         )
     shown = res.explanation.indices.numel()
     if shown < args.n:
@@ -175,6 +187,7 @@ def _cmd_robust(args: argparse.Namespace) -> int:
             seed=args.seed,
             cifar10c=args.cifar10c,
             refresh=args.refresh,
+            weights=args.weights,
         )
     width = max(len(n) for n in res.corruptions)
     print(f"{'corruption':<{width}}  " + "  ".join(f"sev {s}" for s in res.severities) + "   mean")
@@ -309,6 +322,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     rb.add_argument(
         "--data-root", metavar="DIR", help="data folder, when the run's data.root does not resolve from here"
     )
+    _add_weights_option(rb)
     rb.set_defaults(func=_cmd_robust)
 
     c = subparsers.add_parser(
