@@ -55,6 +55,16 @@ def _resnet9_params(num_classes: int = 10) -> int:
     return prep + layer1 + layer2 + layer3 + fc
 
 
+def _airbench_params(num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256)) -> int:
+    """Parameters of airbench94's net, written out layer by layer (frozen ones included)."""
+    total = 24 * 3 * 2 * 2 + 24  # whitening conv with bias: 2 signs x 3 channels x 2 x 2 patch directions
+    cin = 24
+    for c in widths:
+        total += _conv(cin, c) + _norm(c) + _conv(c, c) + _norm(c)
+        cin = c
+    return total + cin * num_classes  # no bias
+
+
 def _capture(module: nn.Module) -> tuple[list[torch.Tensor], torch.utils.hooks.RemovableHandle]:
     outputs: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda _m, _i, out: outputs.append(out))
@@ -72,7 +82,7 @@ def _seed() -> None:
 def test_list_models_sorted_and_complete() -> None:
     names = list_models()
     assert names == sorted(names)
-    assert {"resnet9", "resnet18", "resnet34"} <= set(names)
+    assert {"airbench", "resnet9", "resnet18", "resnet34"} <= set(names)
 
 
 def test_unknown_model_lists_valid_names() -> None:
@@ -114,6 +124,9 @@ def test_forward_backward(name: str, norm: str) -> None:
     assert logits.dtype == torch.float32
     logits.logsumexp(1).mean().backward()
     for pname, p in model.named_parameters():
+        if not p.requires_grad:  # frozen by design (airbench's whitening layer and norm scales)
+            assert p.grad is None, pname
+            continue
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all(), pname
 
@@ -165,6 +178,7 @@ def test_reference_formula_matches_published_resnet18_count() -> None:
         ("resnet18", _resnet_params((2, 2, 2, 2))),
         ("resnet34", _resnet_params((3, 4, 6, 3))),
         ("resnet9", _resnet9_params()),
+        ("airbench", _airbench_params()),
     ],
 )
 def test_parameter_counts(name: str, expected: int, norm: str) -> None:
@@ -174,6 +188,7 @@ def test_parameter_counts(name: str, expected: int, norm: str) -> None:
 def test_parameter_counts_follow_num_classes() -> None:
     assert count_parameters(create_model("resnet18", num_classes=100)) == _resnet_params((2, 2, 2, 2), 100)
     assert count_parameters(create_model("resnet9", num_classes=100)) == _resnet9_params(100)
+    assert count_parameters(create_model("airbench", num_classes=100)) == _airbench_params(100)
 
 
 def test_count_parameters_trainable_only() -> None:
@@ -187,17 +202,27 @@ def test_count_parameters_trainable_only() -> None:
 # --- options ------------------------------------------------------------------------------------
 
 
+# Convs whose channel count the width leaves alone: airbench's whitening filters are 2 x 3 x 2 x 2 patch directions.
+FIXED_WIDTH = {"airbench": {"whiten"}}
+FINAL_CHANNELS = {"airbench": 256}  # at width 1; the ResNets end at 512
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_width_scales_channels(name: str) -> None:
-    model = create_model(name, width=0.25)
-    first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert first_conv.out_channels == 16
+    model, half = create_model(name, width=0.25), create_model(name, width=0.5)
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    half_convs = [m for m in half.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0][1].out_channels == (24 if name == "airbench" else 16)  # the stem: 64 * 0.25
+    for (cname, conv), wider in zip(convs, half_convs, strict=True):
+        fixed = cname in FIXED_WIDTH.get(name, ())
+        assert conv.out_channels == (wider.out_channels if fixed else wider.out_channels // 2), cname
     outputs, handle = _capture(get_target_layer(model))
     model(torch.randn(2, 3, 32, 32))
     handle.remove()
-    assert outputs[0].shape[1] == 128  # 512 * 0.25
-    assert model.fc.in_features == 128
-    assert count_parameters(model) < count_parameters(create_model(name, width=0.5))
+    final = FINAL_CHANNELS.get(name, 512) // 4
+    assert outputs[0].shape[1] == final
+    assert model.fc.in_features == final
+    assert count_parameters(model) < count_parameters(half)
 
 
 @pytest.mark.parametrize("last_stride", [2, 1])
@@ -232,6 +257,10 @@ def test_logit_scale_multiplies_logits() -> None:
         ({"groups": 0}, "model.groups"),
         ({"last_stride": 3}, "model.last_stride"),
         ({"num_classes": 0}, "model.num_classes"),
+        ({"bn_momentum": 0.0}, "model.bn_momentum"),
+        ({"bn_momentum": 1.5}, "model.bn_momentum"),
+        ({"norm": "group", "bn_momentum": 0.2}, "model.bn_momentum"),  # GroupNorm keeps no running statistics
+        ({"widths": (8, 8, 8)}, "widths"),  # an airbench-only option
     ],
 )
 def test_bad_options_raise_config_error_naming_the_field(kwargs: dict, field: str) -> None:
@@ -239,6 +268,21 @@ def test_bad_options_raise_config_error_naming_the_field(kwargs: dict, field: st
         create_model("resnet18", **kwargs)
     if field == "model.norm":
         assert all(n in str(err.value) for n in NORMS)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_bn_momentum_reaches_every_batchnorm(name: str) -> None:
+    default = {"airbench": 0.4}.get(name, 0.1)  # airbench's "0.6" is the old value's weight: torch's 0.4
+    assert {m.momentum for m in create_model(name, width=SMALL).modules() if isinstance(m, nn.BatchNorm2d)} == {default}
+    model = create_model(name, width=SMALL, bn_momentum=0.25)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) >= 5 and all(m.momentum == 0.25 for m in bns)
+    inputs: list[torch.Tensor] = []
+    handle = bns[-1].register_forward_hook(lambda _m, args, _out: inputs.append(args[0]))
+    model.train()(torch.randn(4, 3, 32, 32))
+    handle.remove()
+    # From 0, one training step moves the running mean by momentum x the batch mean.
+    torch.testing.assert_close(bns[-1].running_mean, 0.25 * inputs[0].detach().mean((0, 2, 3)))
 
 
 def test_bad_resnet9_options() -> None:
@@ -274,7 +318,7 @@ def test_bf16_autocast_forward_backward(name: str) -> None:
     assert torch.isfinite(loss)
     for pname, p in model.named_parameters():
         assert p.dtype == torch.float32, pname  # autocast leaves the weights in fp32
-        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+        assert not p.requires_grad or (p.grad is not None and torch.isfinite(p.grad).all()), pname
 
 
 # --- Grad-CAM layer and summary -----------------------------------------------------------------
@@ -293,7 +337,8 @@ def test_target_layer_is_the_last_conv_stage(name: str) -> None:
         head = model.forward_head(outputs[0])
     handle.remove()
     # The hooked map is the final feature map, and the logits depend on the input only through it.
-    assert outputs[0].shape == (2, model.num_features, 4, 4)
+    side = 3 if name == "airbench" else 4  # airbench's unpadded 2x2 first conv leaves 31x31, pooled to 15, 7, 3
+    assert outputs[0].shape == (2, model.num_features, side, side)
     torch.testing.assert_close(outputs[0], features)
     torch.testing.assert_close(head, logits)
 

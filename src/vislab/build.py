@@ -36,6 +36,10 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
         kwargs["last_stride"] = m.last_stride
     if m.logit_scale is not None:
         kwargs["logit_scale"] = m.logit_scale
+    if m.bn_momentum is not None:
+        kwargs["bn_momentum"] = m.bn_momentum
+    if m.widths is not None:
+        kwargs["widths"] = m.widths
     return kwargs
 
 

@@ -51,7 +51,9 @@ class ModelConfig(_Section):
     groups: int = Field(32, gt=0)  # groups of GroupNorm when norm == "group"
     width: float = Field(1.0, gt=0.0, le=8.0)  # channel multiplier (1.0 = the reference widths)
     last_stride: int | None = Field(None, ge=1, le=2)  # resnet18/34: 1 keeps an 8x8 final map
-    logit_scale: float | None = Field(None, gt=0.0)  # resnet9: multiply logits (Page used 0.125)
+    logit_scale: float | None = Field(None, gt=0.0)  # resnet9/airbench: logits x this (None: 1; airbench 1/9)
+    bn_momentum: float | None = Field(None, gt=0.0, le=1.0)  # BatchNorm running-stat momentum (None: 0.1; airbench 0.4)
+    widths: tuple[int, int, int] | None = None  # airbench: its three blocks' channels before width (None: 64, 256, 256)
 
 
 class OptimConfig(_Section):

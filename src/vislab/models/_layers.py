@@ -43,6 +43,35 @@ def check_positive_int(field: str, value: object) -> int:
     return value
 
 
+def check_positive_number(field: str, value: object) -> float:
+    """Return `value` as a float if it is a finite number > 0 (bools excluded), else raise naming `model.<field>`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"model.{field}: {value!r} is not valid; it must be a finite number > 0.")
+    return float(value)
+
+
+def check_bn_momentum(bn_momentum: object, norm: str) -> float | None:
+    """Return `bn_momentum` (None: torch's 0.1) if it is a number in (0, 1] and the model uses BatchNorm, else raise."""
+    if bn_momentum is None:
+        return None
+    if (
+        isinstance(bn_momentum, bool)
+        or not isinstance(bn_momentum, (int, float))
+        or not 0 < bn_momentum <= 1  # also rejects NaN
+    ):
+        raise ConfigError(
+            f"model.bn_momentum: {bn_momentum!r} is not valid; it must be a number in (0, 1], the weight of each "
+            "batch in BatchNorm's running statistics (torch's convention; its default is 0.1)."
+        )
+    if norm != "batch":
+        # Silently ignoring it would let a recipe believe it tuned something.
+        raise ConfigError(
+            f"model.bn_momentum: {bn_momentum!r} only applies to model.norm=batch (this model uses {norm!r}, "
+            "which keeps no running statistics); leave it unset."
+        )
+    return float(bn_momentum)
+
+
 def scale_channels(channels: int, width: float) -> int:
     """Channels of a layer after the width multiplier; never below one."""
     return max(1, round(channels * width))
@@ -60,15 +89,15 @@ def group_count(channels: int, groups: int) -> int:
     return 1  # unreachable: 1 divides everything
 
 
-def make_norm(norm: str, channels: int, groups: int = DEFAULT_GROUPS) -> nn.Module:
+def make_norm(norm: str, channels: int, groups: int = DEFAULT_GROUPS, *, eps: float = 1e-5) -> nn.Module:
     """A 2-d normalisation layer over `channels`; every kind has one weight and bias per channel."""
     if norm == "batch":
-        return nn.BatchNorm2d(channels)
+        return nn.BatchNorm2d(channels, eps=eps)
     if norm == "group":
-        return nn.GroupNorm(group_count(channels, groups), channels)
+        return nn.GroupNorm(group_count(channels, groups), channels, eps=eps)
     if norm == "layer":
         # One group normalises over (C, H, W) per sample: the course repos' "layer norm" for conv nets.
-        return nn.GroupNorm(1, channels)
+        return nn.GroupNorm(1, channels, eps=eps)
     check_norm(norm, groups)  # raises with the allowed values
     raise AssertionError("unreachable")
 
@@ -80,6 +109,15 @@ def conv_norm_act(in_ch: int, out_ch: int, norm: str, groups: int, *, stride: in
         make_norm(norm, out_ch, groups),
         nn.ReLU(inplace=True),
     )
+
+
+def set_bn_momentum(model: nn.Module, bn_momentum: float | None) -> None:
+    """Give every BatchNorm layer of `model` this momentum (None keeps torch's 0.1); for a model's own constructor."""
+    if bn_momentum is None:
+        return
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # the only BatchNorm make_norm builds
+            m.momentum = bn_momentum
 
 
 def init_weights(model: nn.Module) -> None:

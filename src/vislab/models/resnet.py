@@ -11,10 +11,12 @@ from torch import nn
 from vislab.errors import ConfigError
 from vislab.models._layers import (
     DEFAULT_GROUPS,
+    check_bn_momentum,
     check_common,
     init_weights,
     make_norm,
     scale_channels,
+    set_bn_momentum,
 )
 from vislab.models._registry import build_model, register_model
 
@@ -58,10 +60,12 @@ class ResNet(nn.Module):
         groups: int = DEFAULT_GROUPS,
         width: float = 1.0,
         last_stride: int = 2,
+        bn_momentum: float | None = None,
         in_chans: int = 3,
     ) -> None:
         super().__init__()
         width = check_common(norm, groups, width, num_classes, in_chans)
+        bn_momentum = check_bn_momentum(bn_momentum, norm)
         if isinstance(last_stride, bool) or not isinstance(last_stride, int) or last_stride not in (1, 2):
             raise ConfigError(
                 f"model.last_stride: {last_stride!r} is not allowed; use 2 (a 4x4 final map at 32x32 input) "
@@ -88,6 +92,7 @@ class ResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.num_features, num_classes)
         init_weights(self)
+        set_bn_momentum(self, bn_momentum)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)  # (N, 64w, H, W)

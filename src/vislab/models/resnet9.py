@@ -11,11 +11,13 @@ from torch import nn
 from vislab.errors import ConfigError
 from vislab.models._layers import (
     DEFAULT_GROUPS,
+    check_bn_momentum,
     check_common,
     conv_norm_act,
     init_weights,
     make_norm,
     scale_channels,
+    set_bn_momentum,
 )
 from vislab.models._registry import build_model, register_model
 
@@ -60,10 +62,12 @@ class ResNet9(nn.Module):
         groups: int = DEFAULT_GROUPS,
         width: float = 1.0,
         logit_scale: float = 1.0,
+        bn_momentum: float | None = None,
         in_chans: int = 3,
     ) -> None:
         super().__init__()
         width = check_common(norm, groups, width, num_classes, in_chans)
+        bn_momentum = check_bn_momentum(bn_momentum, norm)
         if (
             isinstance(logit_scale, bool)
             or not isinstance(logit_scale, (int, float))
@@ -92,6 +96,7 @@ class ResNet9(nn.Module):
         # No bias, as in Page's net; the documented 6,573,120 parameters assume it.
         self.fc = nn.Linear(self.num_features, num_classes, bias=False)
         init_weights(self)
+        set_bn_momentum(self, bn_momentum)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.prep(x)  # (N, 64w, H, W)
