@@ -58,10 +58,12 @@ def augment_spec(cfg: Config):
         crop_pad=a.crop_pad,
         pad_mode=a.pad_mode,
         flip_p=a.flip_p,
+        flip=a.flip,
         rotate_deg=a.rotate_deg,
         cutout_size=(a.cutout_size, a.cutout_size),
         cutout_p=a.cutout_p,
         cutout_fill=a.cutout_fill,
+        trivial_augment=a.trivial_augment,
     )
 
 
@@ -278,7 +280,8 @@ def build_loaders(
         # The CPU generator is used on CPU; on CUDA, drawing on the device avoids a copy per batch.
         gen = torch.Generator(device=device if device.type == "cuda" else "cpu")
         gen.manual_seed(seed)
-        aug = TensorAugment(spec, ds.mean, ds.std, channels_last=channels_last)
+        # seed keys alternating flips' first epoch: the same on every rank and after a resume.
+        aug = TensorAugment(spec, ds.mean, ds.std, channels_last=channels_last, seed=seed)
         train_x, train_y = ds.train_x.to(device), ds.train_y.to(device)
         train = DeviceLoader(
             train_x,

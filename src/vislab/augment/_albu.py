@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError, DataError
-from ._spec import AugmentSpec
+from ._spec import AugmentSpec, check_albumentations_spec
 from ._tensor import _check_reflect_pad, _check_stats
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ def build_albumentations(
     from albumentations.pytorch import ToTensorV2
 
     mean, std = _check_stats(mean, std)
+    if train:
+        check_albumentations_spec(spec)
     ops: list[Any] = []
     if train and spec.crop_pad > 0:
         if image_size is None:

@@ -12,6 +12,10 @@ from ..errors import ConfigError
 
 BACKENDS = ("tensor", "albumentations")
 PAD_MODES = ("reflect", "constant")
+# "random": every image flipped with probability flip_p, independently each epoch. "alternate" (airbench94):
+# the first epoch flips each image with probability flip_p, every later epoch flips exactly the images the
+# previous epoch did not, so each image is seen both ways in every two consecutive epochs.
+FLIP_MODES = ("random", "alternate")
 MAX_ROTATE_DEG = 180.0
 
 
@@ -46,6 +50,21 @@ def check_pad(field: str, value: Any) -> int:
 def check_pad_mode(field: str, value: Any) -> str:
     if value not in PAD_MODES:
         raise ConfigError(f"{field} = {value!r} is not a pad mode; use one of {', '.join(map(repr, PAD_MODES))}.")
+    return value
+
+
+def check_flip_mode(field: str, value: Any) -> str:
+    if value not in FLIP_MODES:
+        raise ConfigError(
+            f"{field} = {value!r} is not a flip mode; use 'random' (each image flipped with probability flip_p, "
+            "drawn afresh every epoch) or 'alternate' (airbench's: drawn in the first epoch, then inverted every epoch)."
+        )
+    return value
+
+
+def check_flag(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field} = {value!r} is not a switch; use true or false.")
     return value
 
 
@@ -86,11 +105,13 @@ class AugmentSpec:
 
     crop_pad: int = 0  # pad each side by this many pixels, then random-crop back to H x W; 0 disables
     pad_mode: str = "reflect"  # "reflect" (= cv2.BORDER_REFLECT_101) or "constant" (zeros)
-    flip_p: float = 0.0  # probability of a horizontal flip
+    flip_p: float = 0.0  # probability of a horizontal flip (with flip "alternate": in the first epoch)
     rotate_deg: float = 0.0  # angle drawn uniformly in [-deg, +deg] per image; bilinear, zero fill; 0 disables
     cutout_size: tuple[int, int] = (0, 0)  # (height, width) of one hole; (0, 0) disables
     cutout_p: float = 1.0  # probability an image gets a hole
     cutout_fill: float | str = "mean"  # fill in pixel units 0..255, or "mean" (the data set mean: 0 after normalize)
+    flip: str = "random"  # "random" or "alternate" (see FLIP_MODES)
+    trivial_augment: bool = False  # TrivialAugment (wide) on the uint8 images, before everything else
 
     def __post_init__(self) -> None:
         # Normalise as well as validate (YAML gives lists, ints for floats) so equal specs compare equal.
@@ -98,13 +119,21 @@ class AugmentSpec:
             "crop_pad": check_pad("augment.crop_pad", self.crop_pad),
             "pad_mode": check_pad_mode("augment.pad_mode", self.pad_mode),
             "flip_p": check_probability("augment.flip_p", self.flip_p),
+            "flip": check_flip_mode("augment.flip", self.flip),
             "rotate_deg": check_rotate("augment.rotate_deg", self.rotate_deg),
             "cutout_size": check_hole_size("augment.cutout_size", self.cutout_size),
             "cutout_p": check_probability("augment.cutout_p", self.cutout_p),
             "cutout_fill": check_fill("augment.cutout_fill", self.cutout_fill),
+            "trivial_augment": check_flag("augment.trivial_augment", self.trivial_augment),
         }
         for name, value in values.items():
             object.__setattr__(self, name, value)
+        if self.flip == "alternate" and self.flip_p == 0.0:
+            raise ConfigError(
+                "augment.flip = 'alternate' with augment.flip_p = 0.0: flip_p is the share of images the first epoch "
+                "flips (every later epoch inverts the previous one), and 0 reads as 'no flipping'. Set "
+                "augment.flip_p=0.5 (airbench's), or augment.flip='random' to keep flipping off."
+            )
 
     @property
     def has_cutout(self) -> bool:
@@ -112,4 +141,25 @@ class AugmentSpec:
 
     def is_identity(self) -> bool:
         """True when every image passes through unchanged (only normalize remains)."""
-        return self.crop_pad == 0 and self.flip_p == 0.0 and self.rotate_deg == 0.0 and not self.has_cutout
+        return (
+            self.crop_pad == 0
+            and self.flip_p == 0.0
+            and self.rotate_deg == 0.0
+            and not self.has_cutout
+            and not self.trivial_augment
+        )
+
+
+def check_albumentations_spec(spec: AugmentSpec) -> None:
+    """Refuse what per-sample albumentations transforms cannot do: they see one image, never its epoch."""
+    if spec.flip == "alternate":
+        raise ConfigError(
+            "augment.flip = 'alternate' needs each image's index and the epoch, which per-sample albumentations "
+            "transforms never see: use augment.backend=tensor (the default) for alternating flips, or "
+            "augment.flip=random with the albumentations backend."
+        )
+    if spec.trivial_augment:
+        raise ConfigError(
+            "augment.trivial_augment = true runs in the tensor backend only (albumentations 2.x has no "
+            "TrivialAugment): use augment.backend=tensor, or augment.trivial_augment=false with albumentations."
+        )

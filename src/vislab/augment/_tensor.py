@@ -1,4 +1,9 @@
-"""Batched augmentation: pure functions over whole (N, C, H, W) batches on the batch's device."""
+"""Batched augmentation: pure functions over whole (N, C, H, W) batches on the batch's device.
+
+airbench's "random translate of up to 2 pixels" is batch_crop with pad 2 and "reflect" padding
+(augment.crop_pad: 2, pad_mode: reflect): airbench94 pads by 2 with reflection and crops 32x32 windows
+at offsets drawn uniformly over 0..4 in each axis, as batch_crop does. Nothing else is needed for it.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,11 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from ._spec import AugmentSpec, check_fill, check_hole_size, check_pad, check_pad_mode, check_probability, check_rotate
+from ._trivial import trivial_augment
 
 # Every op draws its per-image randomness through the helpers below, in a fixed order
-# (crop offsets, flip decisions, angles, hole positions), and skips drawing when disabled.
+# (TrivialAugment's ops and strengths, crop offsets, flip decisions, angles, hole positions), and skips
+# drawing when disabled. Alternating flips draw nothing: they are a hash of the image's index and a seed.
 # TensorAugment uses the same helpers, so the fused pipeline equals composing the ops.
 #
 # Distributions match albumentations 2.0.8 (read from its source):
@@ -55,6 +62,52 @@ def _draw_crop(n: int, pad: int, x: Tensor, generator: torch.Generator | None) -
 
 def _draw_flip(n: int, p: float, x: Tensor, generator: torch.Generator | None) -> Tensor:
     return _rand(n, x, generator) < p  # (N,) bool
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(v: Tensor, k: int) -> Tensor:
+    # (v * k) mod 2**32 for v < 2**32 without int64 overflow: k's two 16-bit halves separately.
+    return (v * (k & 0xFFFF) + (((v * (k >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(v: Tensor) -> Tensor:
+    # "lowbias32" (C. Wellons' integer hash): consecutive indices give unrelated 32-bit values.
+    v = v ^ (v >> 16)
+    v = _mul32(v, 0x7FEB352D)
+    v = v ^ (v >> 15)
+    v = _mul32(v, 0x846CA68B)
+    return v ^ (v >> 16)
+
+
+def alternate_flips(index: Tensor, epoch: int, p: float = 0.5, seed: int = 0) -> Tensor:
+    """(N,) bool: which images airbench's alternating flip mirrors in `epoch` (0-based).
+
+    `index` holds the images' positions in the data set. Epoch 0 flips image i when a uniform number hashed
+    from (seed, i) is below p; every later epoch flips exactly the images the previous one did not, so each
+    image is seen both ways in any two consecutive epochs. A pure function of its arguments: the same on every
+    rank of a torchrun job and after a resume, whatever the batch order; it draws nothing from a generator.
+    """
+    p = check_probability("p", p)
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+    key = _mix32(torch.tensor([seed & _MASK32], dtype=torch.int64))  # (1,) on the CPU, then to index's device
+    hashed = _mix32((index.to(torch.int64) + key.to(index.device)) & _MASK32)
+    first = hashed < int(p * 2**32)  # (N,): P(first) == p to 2**-32
+    return first ^ (epoch % 2 == 1)
+
+
+def batch_alternate_flip(
+    x: Tensor, index: Tensor, epoch: int, p: float = 0.5, seed: int = 0, *, return_params: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Flip left-right the images `alternate_flips(index, epoch, p, seed)` names; x[i] is data set image index[i]."""
+    n = _check_batch(x)[0]
+    if index.shape != (n,):
+        raise DataError(f"index must hold one data set position per image, shaped ({n},); got {tuple(index.shape)}.")
+    flipped = alternate_flips(index.to(x.device), epoch, p, seed)
+    out = torch.where(flipped[:, None, None, None], x.flip(3), x)
+    return (out, flipped) if return_params else out
 
 
 def _draw_angles(n: int, max_deg: float, x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -291,8 +344,13 @@ def _scale_shift(x: Tensor, scale: Tensor, shift: Tensor, dtype: torch.dtype, ch
 class TensorAugment:
     """The spec as one fused batched pipeline: (N, C, H, W) uint8 -> normalized, augmented float.
 
-    Equal (up to float rounding) to normalize(batch_cutout(batch_rotate(batch_flip(batch_crop(x))))) with
+    The order: TrivialAugment (on the uint8 images), crop, flip, rotate, cutout, normalize. Equal (up to
+    float rounding) to normalize(batch_cutout(batch_rotate(batch_flip(batch_crop(trivial_augment(x)))))) with
     the same generator, but crop and flip share one uint8 gather and normalization is folded around rotate.
+
+    With flip "alternate" the flips depend on each image's position in the data set and on the epoch:
+    `needs_index` is then True and DeviceLoader passes `index=` and `epoch=`; `seed` keys the first epoch's
+    flips (alternate_flips). Without them (a preview of a few images) flips are drawn as "random" ones.
     """
 
     def __init__(
@@ -303,15 +361,22 @@ class TensorAugment:
         *,
         channels_last: bool = False,
         dtype: torch.dtype = torch.float32,
+        seed: int = 0,
     ):
         self.spec = spec
         self.mean, self.std = _check_stats(mean, std)
         self.channels_last = channels_last
         self.dtype = dtype
+        self.seed = seed
         self._constants: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
 
     def __repr__(self) -> str:
         return f"TensorAugment({self.spec}, mean={self.mean}, std={self.std}, dtype={self.dtype})"
+
+    @property
+    def needs_index(self) -> bool:
+        """True when a batch must come with its images' data set positions and the epoch (alternate flip)."""
+        return self.spec.flip == "alternate"
 
     def _constants_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         if device not in self._constants:
@@ -338,10 +403,26 @@ class TensorAugment:
         scale, shift, _ = self._constants_on(x_uint8.device)
         return _scale_shift(x_uint8, scale, shift, self.dtype, self.channels_last)
 
-    def __call__(self, x_uint8: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self,
+        x_uint8: Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        index: Tensor | None = None,
+        epoch: int | None = None,
+    ) -> Tensor:
         n, _, h, w = self._check_input(x_uint8)
         s = self.spec
+        if (index is None) != (epoch is None):
+            raise ValueError("TensorAugment takes index= and epoch= together (the data set positions and the epoch).")
+        if index is not None and index.shape != (n,):
+            raise DataError(
+                f"index must hold one data set position per image, shaped ({n},); got {tuple(index.shape)}."
+            )
+        alternate = self.needs_index and index is not None
         x = x_uint8
+        if s.trivial_augment:
+            x = trivial_augment(x, generator)
         if s.crop_pad > 0 or s.flip_p > 0.0:
             # Crop and flip are both index maps, so one uint8 gather does the two (flip = reversed columns).
             rows = torch.arange(h, device=x.device).expand(n, h)
@@ -353,7 +434,10 @@ class TensorAugment:
                 rows, valid_r = _source_index(h, s.crop_pad, offsets[:, 0], s.pad_mode)
                 cols, valid_c = _source_index(w, s.crop_pad, offsets[:, 1], s.pad_mode)
             if s.flip_p > 0.0:
-                flipped = _draw_flip(n, s.flip_p, x, generator)[:, None]
+                if alternate:
+                    flipped = alternate_flips(index.to(x.device), epoch, s.flip_p, self.seed)[:, None]
+                else:
+                    flipped = _draw_flip(n, s.flip_p, x, generator)[:, None]
                 cols = torch.where(flipped, cols.flip(1), cols)
                 if valid_c is not None:
                     valid_c = torch.where(flipped, valid_c.flip(1), valid_c)

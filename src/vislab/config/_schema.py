@@ -36,13 +36,41 @@ class AugmentConfig(_Section):
     crop_pad: int = Field(4, ge=0, le=64)  # pad by this many pixels then random-crop back; 0 disables
     pad_mode: Literal["reflect", "constant"] = "reflect"  # border filling of the pad
     flip_p: float = Field(0.5, ge=0.0, le=1.0)  # probability of a horizontal flip
+    flip: Literal["random", "alternate"] = "random"  # alternate (airbench): epoch 1 draws, later epochs invert
     rotate_deg: float = Field(0.0, ge=0.0, le=180.0)  # rotate by an angle drawn in [-deg, +deg]
     cutout_size: int = Field(0, ge=0)  # side of the square cutout hole in pixels; 0 disables
     cutout_p: float = Field(1.0, ge=0.0, le=1.0)  # probability an image gets a hole
     cutout_fill: Literal["mean"] | float = "mean"  # hole value in pixel units, or the data mean
+    trivial_augment: bool = False  # TrivialAugment (wide) per image, before crop / flip / rotate / cutout
+    mixup_alpha: float = Field(0.0, ge=0.0, allow_inf_nan=False)  # MixUp, lam ~ Beta(alpha, alpha) per batch; 0: off
+    cutmix_alpha: float = Field(0.0, ge=0.0, allow_inf_nan=False)  # CutMix, lam ~ Beta(alpha, alpha) per batch; 0: off
+    mix_off_epochs: int = Field(0, ge=0)  # the last N epochs train without MixUp / CutMix
     workers: int | None = Field(
         None, ge=0
     )  # DataLoader workers per process (albumentations backend; None: cores / processes on this machine)
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentConfig:
+        if self.flip == "alternate" and self.flip_p == 0:
+            raise ValueError(
+                "augment.flip = alternate with augment.flip_p = 0: flip_p is the share of images the first epoch flips "
+                "(every later epoch inverts the one before), and 0 reads as 'no flipping'; set augment.flip_p=0.5 "
+                "(airbench's), or augment.flip=random to keep flipping off"
+            )
+        if self.backend == "albumentations" and self.flip == "alternate":
+            # Per-sample transforms see one image at a time, never its index in the data set or the epoch.
+            raise ValueError(
+                "augment.flip = alternate needs each image's index in the data set and the epoch, which the per-sample "
+                "albumentations backend never sees: use augment.backend=tensor (the default) for alternating flips, "
+                "or augment.flip=random with augment.backend=albumentations"
+            )
+        if self.backend == "albumentations" and self.trivial_augment:
+            raise ValueError(
+                "augment.trivial_augment = true runs in the tensor backend only (albumentations 2.x has no "
+                "TrivialAugment): use augment.backend=tensor (the default), or augment.trivial_augment=false with "
+                "augment.backend=albumentations"
+            )
+        return self
 
 
 class ModelConfig(_Section):

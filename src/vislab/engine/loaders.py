@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-# (x_uint8 (B, 3, H, W), generator) -> normalized float (B, 3, H, W)
+# (x_uint8 (B, 3, H, W), generator) -> normalized float (B, 3, H, W). A transform whose `needs_index` is
+# True (TensorAugment with alternating flips) is also given index= (the (B,) data set positions of the
+# batch's images) and epoch= (the loader's epoch, 0-based).
 Transform = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
 
@@ -17,6 +19,10 @@ class DeviceLoader:
     This is the fast path (airbench style): no worker processes, no per-sample Python, no
     host-to-device copies per step. All randomness (order and augmentation) comes from
     `generator`, whose state the checkpoints save, so a resumed run draws the same batches.
+
+    `epoch` counts the iterations: each pass over the loader runs as epoch `self.epoch` and then advances it.
+    Only a transform with `needs_index` reads it; whoever resumes a run mid-way (or iterates the loader for
+    something else first, such as an LR range test) sets it with `set_epoch`, as with torch's DistributedSampler.
     """
 
     def __init__(
@@ -31,6 +37,7 @@ class DeviceLoader:
         generator: torch.Generator | None = None,
         rank: int = 0,
         world_size: int = 1,
+        epoch: int = 0,
     ):
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x has {x.shape[0]} images but y has {y.shape[0]} labels")
@@ -41,6 +48,13 @@ class DeviceLoader:
         self.drop_last = drop_last
         self.generator = generator
         self.rank, self.world_size = rank, world_size
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The 0-based epoch the next pass over the loader runs as."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+        self.epoch = epoch
 
     def __len__(self) -> int:
         n = self.x.shape[0]
@@ -48,6 +62,8 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.x.shape[0]
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        indexed = getattr(self.transform, "needs_index", False)
         if self.shuffle:
             gen_device = self.generator.device if self.generator is not None else torch.device("cpu")
             order = torch.randperm(n, generator=self.generator, device=gen_device).to(self.x.device)
@@ -55,8 +71,9 @@ class DeviceLoader:
             order = torch.arange(n, device=self.x.device)
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            kwargs = {"index": idx, "epoch": epoch} if indexed else {}
             if self.world_size == 1:
-                yield self.transform(self.x[idx], self.generator), self.y[idx]
+                yield self.transform(self.x[idx], self.generator, **kwargs), self.y[idx]
                 continue
             # Each rank takes an interleaved shard of the global batch; the global batch size stays
             # what the config says. Every rank augments the WHOLE global batch and keeps its shard:
@@ -66,5 +83,6 @@ class DeviceLoader:
             # images per step, a few percent of one training step.
             mine = slice(self.rank, None, self.world_size)
             # clone: a strided slice is dense in neither memory format; keep the one the transform chose.
-            out = self.transform(self.x[idx], self.generator)[mine].clone(memory_format=torch.preserve_format)
+            # The global batch's indices go along, so alternating flips too match a 1-process run.
+            out = self.transform(self.x[idx], self.generator, **kwargs)[mine].clone(memory_format=torch.preserve_format)
             yield out, self.y[idx][mine]
