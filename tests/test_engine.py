@@ -106,6 +106,101 @@ def test_unknown_optimizer_and_scheduler():
         create_scheduler(create_optimizer(nn.Linear(2, 2)), "poly", epochs=1, steps_per_epoch=1)
 
 
+class _NormNet(nn.Module):
+    """Every kind of parameter once: conv weight and bias, BatchNorm scale and shift, a frozen norm, a linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=True)
+        self.bn = nn.BatchNorm2d(4)
+        self.gn = nn.GroupNorm(2, 4)
+        self.gn.weight.requires_grad_(False)  # frozen: in no group
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.gn(self.bn(self.conv(x))).relu()
+        return self.fc(x.mean((2, 3)))
+
+
+def _groups_by_name(opt) -> dict[str, dict]:
+    return {g["name"]: g for g in opt.param_groups}
+
+
+def test_parameter_groups_split_biases_norms_and_weights():
+    m = _NormNet()
+    opt = create_optimizer(
+        m, "sgd", 0.1, weight_decay=0.01, bias_lr_scale=64, bias_weight_decay=0.0, norm_weight_decay=0.001
+    )
+    g = _groups_by_name(opt)
+    ids = {name: [id(p) for p in grp["params"]] for name, grp in g.items()}
+    # One group per distinct (LR scale, weight decay), the plain weights first (the LR the trainer logs).
+    assert list(g) == ["weights", "norm", "norm_bias+bias"]
+    assert ids["weights"] == [id(m.conv.weight), id(m.fc.weight)]
+    assert ids["norm"] == [id(m.bn.weight)]  # gn.weight is frozen
+    assert ids["norm_bias+bias"] == [id(m.conv.bias), id(m.bn.bias), id(m.gn.bias), id(m.fc.bias)]  # model order
+    assert [(grp["lr"], grp["lr_scale"], grp["weight_decay"]) for grp in g.values()] == [
+        (0.1, 1.0, 0.01),
+        (0.1, 1.0, 0.001),
+        (6.4, 64, 0.0),
+    ]
+    # bias_weight_decay unset: a norm's shift takes norm_weight_decay, another bias weight_decay.
+    g = _groups_by_name(create_optimizer(m, "adamw", 0.1, weight_decay=0.01, norm_weight_decay=0.0))
+    assert [(n, grp["weight_decay"]) for n, grp in g.items()] == [("weights+bias", 0.01), ("norm+norm_bias", 0.0)]
+    assert [id(p) for p in g["norm+norm_bias"]["params"]] == [id(m.bn.weight), id(m.bn.bias), id(m.gn.bias)]
+    # The defaults: one group in model order, the optimizer (and checkpoint layout) the course recipes had.
+    (only,) = create_optimizer(m, "sgd", 0.1, weight_decay=0.01).param_groups
+    assert [id(p) for p in only["params"]] == [id(p) for p in m.parameters() if p.requires_grad]
+
+
+def test_schedulers_keep_the_groups_lr_ratio():
+    def ratios(opt):
+        lrs = [g["lr"] for g in opt.param_groups]
+        return [lr / lrs[0] for lr in lrs]
+
+    opt = create_optimizer(_NormNet(), "sgd", 0.1, bias_lr_scale=64)
+    sched = create_scheduler(opt, "onecycle", epochs=2, steps_per_epoch=10, peak_fraction=0.3)
+    seen = []
+    for _ in range(20):
+        seen.append(opt.param_groups[0]["lr"])
+        assert ratios(opt) == pytest.approx([1, 64])
+        opt.step()
+        sched.step_batch()
+    assert max(seen) == pytest.approx(0.1)  # the base LR peaks at optim.lr (max_lr unset), the biases at 6.4
+
+    opt = create_optimizer(_NormNet(), "sgd", 1.0, bias_lr_scale=4)
+    sched = create_scheduler(opt, "plateau", epochs=9, steps_per_epoch=1, patience=0, factor=0.5, min_lr=0.3)
+    for _ in range(4):
+        sched.step_epoch({"test_loss": 1.0})
+    # Halved each epoch down to the floor, which scales with the group too.
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.3, 1.2])
+
+
+def test_lr_range_test_sweeps_every_group_at_its_ratio():
+    from vislab.tuner import LRFinder
+
+    torch.manual_seed(0)
+    model = _NormNet()
+    opt = create_optimizer(model, "sgd", 1e-5, bias_lr_scale=8)
+    x, y = torch.randn(16, 3, 6, 6), torch.arange(16) % 3
+    seen = []
+
+    class Loader:
+        def __len__(self):
+            return 4
+
+        def __iter__(self):
+            for i in range(4):
+                seen.append([g["lr"] for g in opt.param_groups])  # drawn after the sweep set this step's LR
+                yield x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4]
+
+    before = [g["lr"] for g in opt.param_groups]
+    finder = LRFinder(model, opt, Loader(), device="cpu")
+    res = finder.range_test(start_lr=1e-4, end_lr=1e-1, num_iter=12, diverge_th=1e9)
+    assert len(seen) == 12 and all(b == pytest.approx(8 * a) for a, b in seen)
+    assert [a for a, _ in seen] == pytest.approx(res["lr"])  # the recorded LR is the base LR
+    assert [g["lr"] for g in opt.param_groups] == before  # restored
+
+
 def test_precision_resolution_on_cpu():
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu).dtype is None

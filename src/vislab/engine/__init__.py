@@ -7,7 +7,16 @@ from .ema import ModelEma, ema_decay_at
 from .hooks import BEST, INTERRUPTED, LAST, Callback, Checkpointer, LRMonitor, MetricsLogger, best_row, metric_mode
 from .loaders import DeviceLoader
 from .loggers import TensorBoardLogger
-from .optim import OPTIMIZERS, SCHEDULERS, Scheduler, create_optimizer, create_scheduler, onecycle_peak_fraction
+from .optim import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    Scheduler,
+    create_optimizer,
+    create_scheduler,
+    lr_scales,
+    onecycle_peak_fraction,
+    parameter_groups,
+)
 from .trainer import Trainer, TrainingDiverged, evaluate, train_one_epoch
 
 __all__ = [
@@ -38,7 +47,9 @@ __all__ = [
     "TrainingDiverged",
     "create_optimizer",
     "create_scheduler",
+    "lr_scales",
     "onecycle_peak_fraction",
+    "parameter_groups",
     "evaluate",
     "load_checkpoint",
     "resolve_channels_last",

@@ -14,6 +14,73 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("onecycle", "plateau", "step", "cosine", "none")
 
 
+# Layers whose parameters are a normalization's per-channel scale and shift.
+NORM_LAYERS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+)
+# Kinds of parameters, in the order their groups come: the plain weights first, so that param_groups[0]["lr"]
+# (what the trainer logs and the LR range test records) is the base LR.
+PARAM_KINDS = ("weights", "norm", "norm_bias", "bias")
+
+
+def _kind(module: nn.Module, name: str) -> str:
+    norm = isinstance(module, NORM_LAYERS)
+    if name == "bias":
+        return "norm_bias" if norm else "bias"
+    return "norm" if norm else "weights"
+
+
+def parameter_groups(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.0,
+    *,
+    bias_lr_scale: float = 1.0,
+    bias_weight_decay: float | None = None,
+    norm_weight_decay: float | None = None,
+) -> list[dict[str, Any]]:
+    """The trainable parameters of `model` as optimizer groups, one per distinct (LR scale, weight decay).
+
+    Biases (a norm layer's shift included) train at `lr * bias_lr_scale`. Weight decay: a bias gets
+    `bias_weight_decay`, else, if it is a norm layer's shift, `norm_weight_decay`, else `weight_decay`; a
+    norm layer's scale gets `norm_weight_decay`, else `weight_decay`; every other weight `weight_decay`.
+    Each group carries `name` (the kinds it holds, "+"-joined) and `lr_scale`, by which schedulers and
+    the LR range test keep the groups' LR ratio. Parameters keep the model's order inside a group, so
+    with the defaults there is one group in `model.parameters()` order, the optimizer the course recipes
+    used (and which their checkpoints hold).
+    """
+    settings = {
+        "weights": (1.0, weight_decay),
+        "norm": (1.0, weight_decay if norm_weight_decay is None else norm_weight_decay),
+        "norm_bias": (
+            bias_lr_scale,
+            next(wd for wd in (bias_weight_decay, norm_weight_decay, weight_decay) if wd is not None),
+        ),
+        "bias": (bias_lr_scale, weight_decay if bias_weight_decay is None else bias_weight_decay),
+    }
+    kinds = {id(p): _kind(m, n) for m in model.modules() for n, p in m.named_parameters(recurse=False)}
+    order = list(dict.fromkeys(settings[k] for k in PARAM_KINDS))  # the weights' group first
+    members: dict[tuple[float, float], list[nn.Parameter]] = {key: [] for key in order}
+    for p in model.parameters():  # the model's order inside each group
+        if p.requires_grad:
+            members[settings[kinds[id(p)]]].append(p)
+    out = []
+    for (scale, wd), params in members.items():
+        if params:
+            present = {kinds[id(p)] for p in params}
+            name = "+".join(k for k in PARAM_KINDS if k in present)
+            out.append({"params": params, "name": name, "lr": lr * scale, "lr_scale": scale, "weight_decay": wd})
+    return out
+
+
 def create_optimizer(
     model: nn.Module,
     name: str = "sgd",
@@ -23,9 +90,22 @@ def create_optimizer(
     momentum: float = 0.9,
     nesterov: bool = False,
     betas: Iterable[float] = (0.9, 0.999),
+    bias_lr_scale: float = 1.0,
+    bias_weight_decay: float | None = None,
+    norm_weight_decay: float | None = None,
 ) -> torch.optim.Optimizer:
-    # Every parameter is decayed, as in the course recipes this reproduces.
-    params = [p for p in model.parameters() if p.requires_grad]
+    """An optimizer over the trainable parameters in `parameter_groups` (one group unless biases or norms differ).
+
+    By default every parameter is decayed, as in the course recipes this reproduces.
+    """
+    params = parameter_groups(
+        model,
+        lr,
+        weight_decay,
+        bias_lr_scale=bias_lr_scale,
+        bias_weight_decay=bias_weight_decay,
+        norm_weight_decay=norm_weight_decay,
+    )
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     if name == "adam":
@@ -34,6 +114,11 @@ def create_optimizer(
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     raise ConfigError(f"optim.name = {name!r} is not a known optimizer; choose one of {', '.join(OPTIMIZERS)}.")
+
+
+def lr_scales(optimizer: torch.optim.Optimizer) -> list[float]:
+    """Each parameter group's LR relative to the base LR (1 for groups not made by `parameter_groups`)."""
+    return [g.get("lr_scale", 1.0) for g in optimizer.param_groups]
 
 
 class Scheduler:
@@ -136,10 +221,11 @@ def create_scheduler(
         return Scheduler(None, "epoch")
     if name == "onecycle":
         pct = onecycle_peak_fraction(epochs, steps_per_epoch, peak_epoch, peak_fraction)
-        peak = max_lr if max_lr is not None else optimizer.param_groups[0]["lr"]
+        first = optimizer.param_groups[0]
+        peak = max_lr if max_lr is not None else first["lr"] / first.get("lr_scale", 1.0)
         inner = sched.OneCycleLR(
             optimizer,
-            max_lr=peak,
+            max_lr=[peak * scale for scale in lr_scales(optimizer)],  # a list keeps the groups' LR ratio
             total_steps=epochs * steps_per_epoch,
             pct_start=pct,
             anneal_strategy=anneal,
@@ -159,11 +245,12 @@ def create_scheduler(
             patience=patience,
             threshold=threshold,
             threshold_mode=threshold_mode,
-            min_lr=min_lr,
+            min_lr=[min_lr * scale for scale in lr_scales(optimizer)],  # the floor keeps the ratio too
         )
         return Scheduler(inner, "epoch", monitor=monitor)
     if name == "step":
         return Scheduler(sched.StepLR(optimizer, step_size=step_size, gamma=gamma), "epoch")
     if name == "cosine":
+        # eta_min is one value for every group: with min_lr > 0 a scaled group ends at min_lr, not at its ratio.
         return Scheduler(sched.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch, eta_min=min_lr), "batch")
     raise ConfigError(f"sched.name = {name!r} is not a known scheduler; choose one of {', '.join(SCHEDULERS)}.")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine import Callback, Precision, evaluate, resolve_precision, train_one_epoch
+from ..engine import Callback, Precision, evaluate, lr_scales, resolve_precision, train_one_epoch
 from ..engine.checkpoint import rng_state, set_rng_state
 from ..errors import ConfigError, VislabError
 from ..files import atomic_write_bytes, atomic_write_text
@@ -163,8 +163,8 @@ class _Feed:
         it = iter(self.loader)
         while self.recorder.stop_reason is None and len(self.recorder.lrs) < len(self.lrs):
             lr = self.lrs[len(self.recorder.lrs)]
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            for group, scale in zip(self.optimizer.param_groups, lr_scales(self.optimizer)):
+                group["lr"] = lr * scale  # the sweep moves the base LR; scaled groups (biases) keep their ratio
             try:
                 batch = next(it)
             except StopIteration:
@@ -249,8 +249,9 @@ class LRFinder:
     Every step trains one batch with `vislab.engine.train_one_epoch` (same precision, memory format,
     label smoothing, L1 and clipping as training) at an LR that grows from `start_lr` to `end_lr`.
     Model, optimizer, scheduler, RNG and data-order state are restored when `range_test` returns or
-    raises, so training afterwards is the same as without the sweep. All parameter groups get the
-    same LR. The model must already live on `device` (default: the device of its parameters).
+    raises, so training afterwards is the same as without the sweep. The sweep sets the base LR: a
+    parameter group with an `lr_scale` (`vislab.engine.parameter_groups`) gets it times that scale.
+    The model must already live on `device` (default: the device of its parameters).
     """
 
     def __init__(
