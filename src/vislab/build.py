@@ -24,6 +24,8 @@ SINGLE_PROCESS = DistInfo()  # rank 0 of 1: a run outside torchrun (frozen, so s
 SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
 # trainer.loggers name -> (module it needs, the extra that installs it)
 LOGGER_PACKAGES = {"tensorboard": ("tensorboardX", "tensorboard")}
+# Training images a data-dependent first layer is computed from (airbench's 5,000; a 12x12 patch matrix needs few).
+WHITENING_IMAGES = 5000
 
 
 def model_kwargs(cfg: Config) -> dict[str, Any]:
@@ -322,13 +324,38 @@ def build_val_loader(
     return _eval_loader(cfg, ds, ds.val_x, ds.val_y, device, channels_last, seed, dist)
 
 
-def build_training(cfg: Config, ds, device: torch.device, channels_last: bool, dist: DistInfo = SINGLE_PROCESS):
-    """Seeded model and loaders, exactly as training starts: (model, train_loader, test_loader, val_loader or None, generator)."""
+def whitening_images(ds, seed: int) -> torch.Tensor:
+    """A seeded sample of the training images, normalized as training normalizes them: (n, C, H, W) float32 on the CPU."""
+    from .augment import normalize
+
+    # A random draw, not the first images: an image folder's training split comes sorted by class.
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(ds.train_x.shape[0], generator=g)[:WHITENING_IMAGES]
+    return normalize(ds.train_x[idx], ds.mean, ds.std)
+
+
+def build_training(
+    cfg: Config,
+    ds,
+    device: torch.device,
+    channels_last: bool,
+    dist: DistInfo = SINGLE_PROCESS,
+    *,
+    fresh: bool = True,
+):
+    """Seeded model and loaders, exactly as training starts: (model, train_loader, test_loader, val_loader or None, generator).
+
+    A model with a data-dependent first layer (`init_whitening`, airbench's) gets it from the training images
+    when `fresh`; a resumed run passes False, as its checkpoint carries the weights.
+    """
     from .env import seed_everything
 
     t = cfg.trainer
     seed_everything(t.seed)
     model = build_model(cfg, ds.num_classes)
+    if fresh and hasattr(model, "init_whitening"):
+        # Its own generator: the global RNG stream the rest of training draws from stays as without it.
+        model.init_whitening(whitening_images(ds, t.seed))
     if dist.enabled and t.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)

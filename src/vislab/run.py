@@ -292,7 +292,9 @@ def train(
         run_dir = Path(broadcast_object(str(run_dir) if dist.is_main else None))
 
     with determinism(t.deterministic, device):
-        model, train_loader, test_loader, val_loader, gen = build_training(cfg, ds, device, channels_last, dist)
+        model, train_loader, test_loader, val_loader, gen = build_training(
+            cfg, ds, device, channels_last, dist, fresh=resume is None
+        )
         s = cfg.sched
         if s.name == "onecycle":  # before a range test spends minutes: the schedule must fit the real step count
             onecycle_peak_fraction(t.epochs, len(train_loader), s.peak_epoch, s.peak_fraction)
