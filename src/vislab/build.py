@@ -105,7 +105,15 @@ def step_kwargs(o: OptimConfig) -> dict[str, Any]:
 def optimizer_kwargs(o: OptimConfig) -> dict[str, Any]:
     """`create_optimizer` keywords of the optim section."""
     return dict(
-        name=o.name, lr=o.lr, weight_decay=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov, betas=o.betas
+        name=o.name,
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+        betas=o.betas,
+        bias_lr_scale=o.bias_lr_scale,
+        bias_weight_decay=o.bias_weight_decay,
+        norm_weight_decay=o.norm_weight_decay,
     )
 
 

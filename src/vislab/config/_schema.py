@@ -91,6 +91,9 @@ class OptimConfig(_Section):
     nesterov: bool = False  # SGD Nesterov momentum
     betas: tuple[float, float] = (0.9, 0.999)  # Adam/AdamW betas
     weight_decay: float = Field(5e-4, ge=0.0)
+    bias_lr_scale: float = Field(1.0, gt=0.0)  # LR multiplier of all biases, norm shifts included (airbench: 64)
+    bias_weight_decay: float | None = Field(None, ge=0.0)  # of biases (None: norm_weight_decay / weight_decay)
+    norm_weight_decay: float | None = Field(None, ge=0.0)  # of normalization scales and shifts (None: weight_decay)
     l1: float = Field(0.0, ge=0.0)  # L1 penalty on the weights, added to the loss
     grad_clip: float | None = Field(None, gt=0.0)  # clip the gradient norm to this value
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
