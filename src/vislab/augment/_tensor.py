@@ -67,12 +67,12 @@ def _draw_flip(n: int, p: float, x: Tensor, generator: torch.Generator | None) -
 _MASK32 = 0xFFFFFFFF
 
 
-def _mul32(v: Tensor, k: int) -> Tensor:
+def _mul32(v: Tensor | int, k: int) -> Tensor | int:
     # (v * k) mod 2**32 for v < 2**32 without int64 overflow: k's two 16-bit halves separately.
     return (v * (k & 0xFFFF) + (((v * (k >> 16)) & 0xFFFF) << 16)) & _MASK32
 
 
-def _mix32(v: Tensor) -> Tensor:
+def _mix32(v: Tensor | int) -> Tensor | int:
     # "lowbias32" (C. Wellons' integer hash): consecutive indices give unrelated 32-bit values.
     v = v ^ (v >> 16)
     v = _mul32(v, 0x7FEB352D)
@@ -92,8 +92,8 @@ def alternate_flips(index: Tensor, epoch: int, p: float = 0.5, seed: int = 0) ->
     p = check_probability("p", p)
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
         raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
-    key = _mix32(torch.tensor([seed & _MASK32], dtype=torch.int64))  # (1,) on the CPU, then to index's device
-    hashed = _mix32((index.to(torch.int64) + key.to(index.device)) & _MASK32)
+    key = _mix32(seed & _MASK32)  # a Python int: nothing to copy to the index's device
+    hashed = _mix32((index.to(torch.int64) + key) & _MASK32)
     first = hashed < int(p * 2**32)  # (N,): P(first) == p to 2**-32
     return first ^ (epoch % 2 == 1)
 
