@@ -91,7 +91,7 @@ def draw_trivial(n: int, h: int, w: int, x: Tensor, generator: torch.Generator |
     ops = torch.randint(0, len(TRIVIAL_OPS), (n,), generator=generator, device=device).to(x.device)
     bins = torch.randint(0, NUM_BINS, (n,), generator=generator, device=device).to(x.device)
     negative = torch.rand(n, generator=generator, device=device).to(x.device) < 0.5
-    table = magnitude_table(h, w).to(device=x.device, dtype=torch.float32)
+    table = magnitude_table(h, w).to(torch.float32).to(x.device)  # cast first: MPS has no float64
     signed = torch.tensor(SIGNED, device=x.device)[ops]
     magnitude = table[ops, bins]
     return ops, torch.where(signed & negative, -magnitude, magnitude)
