@@ -403,12 +403,51 @@ def train(
             raise
 
     summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
+    if t.tta != "none" and dist.is_main:
+        summary["tta"] = _tta_figures(cfg, ds, trainer, device, precision, channels_last)
     if dist.enabled:
         summary["world_size"] = dist.world_size
     if finder is not None:
         summary["lr_find"] = {"fields": auto, **finder.to_dict()["chosen"], "seconds": finder.results["seconds"]}
     _finish(run_dir, summary, ds, dist, t.report, loggers)
     return Run(run_dir=run_dir, config=cfg, model=model, history=trainer.history, summary=summary)
+
+
+def _tta_figures(cfg: Config, ds, trainer: Trainer, device, precision, channels_last: bool) -> dict[str, Any]:
+    """Test accuracy and loss of the final weights (and their EMA) with test-time augmentation, beside the plain
+    figures of the same weights: reported apart (summary.json "tta"), never in place of metrics.jsonl's."""
+    import torch.nn.functional as F
+
+    from .augment import TensorAugment
+    from .build import augment_spec
+    from .explain import predict
+
+    normalize = TensorAugment(augment_spec(cfg), ds.mean, ds.std).normalize_only
+    labels = ds.test_y.long()
+    out: dict[str, Any] = {"mode": cfg.trainer.tta, "epoch": trainer.epoch}
+    models = {"": trainer.model, **({"ema_": trainer.ema.module} if trainer.ema is not None else {})}
+    for prefix, model in models.items():
+        for mode in ("none", cfg.trainer.tta):
+            logits = predict(
+                model,
+                ds.test_x,
+                normalize,
+                device=device,
+                autocast_dtype=precision.dtype,
+                channels_last=channels_last,
+                tta=mode,
+            )
+            tag = "" if mode == "none" else "tta_"
+            out[f"{prefix}{tag}test_acc"] = 100.0 * float((logits.argmax(1) == labels).double().mean())
+            out[f"{prefix}{tag}test_loss"] = float(F.cross_entropy(logits, labels))
+    log.info(
+        "test-time augmentation (%s): test accuracy %.2f%% -> %.2f%%%s",
+        cfg.trainer.tta,
+        out["test_acc"],
+        out["tta_test_acc"],
+        f"; EMA weights {out['ema_test_acc']:.2f}% -> {out['ema_tta_test_acc']:.2f}%" if "ema_test_acc" in out else "",
+    )
+    return out
 
 
 def _finish(

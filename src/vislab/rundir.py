@@ -289,6 +289,7 @@ RESUME_OVERRIDABLE = {
     "data.download",
     "augment.workers",
     "trainer.loggers",
+    "trainer.tta",
     "trainer.log_every_n_steps",
 }
 

@@ -33,10 +33,13 @@ from ._gradcam import (
 )
 from ._predictions import (
     PREDICTIONS_FILE,
+    TTA_MODES,
+    check_tta,
     checkpoint_key,
     load_predictions,
     predict,
     save_predictions,
+    tta_logits,
 )
 from ._select import (
     ORDERS,
@@ -68,6 +71,9 @@ __all__ = [
     "RANDOM_REPEATS",
     "RAW_PIXEL_MAX",
     "TARGETS",
+    "TTA_MODES",
+    "check_tta",
+    "tta_logits",
     "CamResult",
     "DeletionResult",
     "capture_output",

@@ -10,14 +10,47 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS_FILE = "predictions.pt"
 PREDICT_BATCH = 1000
+TTA_MODES = ("none", "flip", "flip_translate")
+
+
+def check_tta(mode: str) -> str:
+    if mode not in TTA_MODES:
+        raise ConfigError(
+            f"tta = {mode!r}: choose none, flip (the mean logits of the image and its mirror) or flip_translate (airbench's "
+            "six views: mirrored or not, times unshifted or shifted one pixel up-left or down-right)."
+        )
+    return mode
+
+
+def tta_logits(model: nn.Module, x: Tensor, mode: str = "none") -> Tensor:
+    """Logits of a normalized batch (N, C, H, W) averaged over test-time views, as airbench94 weights them.
+
+    flip: 0.5 f(x) + 0.5 f(mirror x). flip_translate: 0.5 flip(x) + 0.25 flip(x shifted up-left by one pixel)
+    + 0.25 flip(x shifted down-right), the shifts taken from a one-pixel reflect pad (the training translate's).
+    """
+    if mode == "none":
+        return model(x)
+
+    def mirror(v: Tensor) -> Tensor:
+        return 0.5 * model(v) + 0.5 * model(v.flip(-1))
+
+    out = mirror(x)
+    if mode == "flip_translate":
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = 0.5 * mirror(padded[..., 0:h, 0:w]) + 0.5 * mirror(padded[..., 2 : h + 2, 2 : w + 2])
+        out = 0.5 * out + 0.5 * shifted
+    return out
 
 
 def predict(
@@ -29,11 +62,14 @@ def predict(
     device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    tta: str = "none",
 ) -> Tensor:
     """Logits (N, num_classes) float32 on the CPU for uint8 `images` (N, C, H, W), in eval mode, batch by batch.
 
-    `transform` turns a uint8 batch on `device` into the model's input (e.g. `TensorAugment.normalize_only`).
+    `transform` turns a uint8 batch on `device` into the model's input (e.g. `TensorAugment.normalize_only`);
+    `tta` averages the logits over test-time views (`tta_logits`).
     """
+    check_tta(tta)
     if device is None:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
@@ -52,7 +88,7 @@ def predict(
                     else contextlib.nullcontext()
                 )
                 with ctx:
-                    out.append(model(x).float().cpu())
+                    out.append(tta_logits(model, x, tta).float().cpu())
     finally:
         model.train(was_training)
     if not out:

@@ -20,6 +20,7 @@ from ..explain import (
     check_count,
     check_order,
     check_target,
+    check_tta,
     confusion_matrix,
     most_confused,
     per_class_accuracy,
@@ -305,6 +306,45 @@ def _robustness_section(doc: Document, rob: Robustness | None, run_dir: Path, te
         )
 
 
+def _tta_section(
+    doc: Document,
+    tta: str,
+    cal: CalibrationResult,
+    cal_t: CalibrationResult,
+    rob: Robustness | None,
+    rob_t: Robustness | None,
+) -> dict[str, Any]:
+    doc.heading(f"Test-time augmentation ({tta})")
+    views = (
+        "the image and its mirror"
+        if tta == "flip"
+        else "six views (mirrored or not, unshifted or shifted one pixel up-left or down-right)"
+    )
+    doc.para(
+        f"The same weights, predicting with the mean logits of {views}, as airbench94 weights them. These figures stand "
+        "beside the plain ones above and never replace them: metrics.jsonl, the gallery and the confusion matrix use "
+        "plain predictions."
+    )
+    rows, numbers = [], {"mode": tta}
+    for label, c, r in (("plain", cal, rob), (f"TTA ({tta})", cal_t, rob_t)):
+        scaled = f"{100 * c.scaled.ece:.2f} (T = {c.temperature:.3g})" if c.scaled is not None else "n/a"
+        mca = f"{r.mean_corruption_acc:.2f}" if r is not None else "n/a"
+        rows.append([label, _pct(c.plain.accuracy), f"{c.plain.nll:.4f}", f"{100 * c.plain.ece:.2f}", scaled, mca])
+        key = "plain" if label == "plain" else "tta"
+        numbers[key] = {
+            "test_acc": c.plain.accuracy,
+            "nll": c.plain.nll,
+            "ece": c.plain.ece,
+            "temperature": c.temperature,
+            "ece_at_temperature": c.scaled.ece if c.scaled else None,
+            "mean_corruption_acc": r.mean_corruption_acc if r is not None else None,
+        }
+    doc.table(
+        ["predictions", "test acc (%)", "NLL", "ECE (pp)", "ECE at its own T (pp)", "mean corruption acc (%)"], rows
+    )
+    return numbers
+
+
 def make_report(
     run_dir: str | Path,
     *,
@@ -321,6 +361,7 @@ def make_report(
     faithfulness_n: int = FAITHFULNESS_SAMPLE,
     robust_images: int | None = REPORT_ROBUST_IMAGES,
     weights: str | None = None,
+    tta: str | None = None,
 ) -> Report:
     """Write report.md (PNGs in report/), a self-contained report.html and report.json into the run folder.
 
@@ -493,6 +534,18 @@ def make_report(
     _robustness_section(doc, rob, run.folder.run_dir, int(labels.numel()))
     stage("robustness (cached)" if rob is None or rob.cached else "robustness", t0)
 
+    tta = folder.config.trainer.tta if tta is None else check_tta(tta)
+    tta_numbers = None
+    if tta != "none":
+        t0 = time.perf_counter()
+        t_logits, _, _ = run.predictions(tta=tta)
+        cal_t = calibrate_run(run, t_logits, labels, tta=tta)
+        rob_t = read_robustness(run, tta)
+        if rob_t is None and robust_images != 0 and rob is not None:
+            rob_t = robustness_run(run, images=rob.images, seed=rob.seed, tta=tta)
+        tta_numbers = _tta_section(doc, tta, cal, cal_t, rob, rob_t)
+        stage(f"test-time augmentation ({tta})", t0)
+
     t0 = time.perf_counter()
     wrong = int((preds != labels).sum())
     doc.heading("Misclassified images")
@@ -601,6 +654,7 @@ def make_report(
         ],
         "calibration": cal.as_dict(),
         "robustness": rob.as_dict() if rob is not None else None,
+        "tta": tta_numbers,
         "gradcam_layer": ex.layer,
         "faithfulness": ex.faithfulness,
         "predictions_cached": cached,

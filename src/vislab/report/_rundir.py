@@ -22,6 +22,7 @@ from ..engine import (
 from ..errors import VislabError
 from ..explain import (
     PREDICTIONS_FILE,
+    check_tta,
     checkpoint_key,
     load_predictions,
     predict,
@@ -67,32 +68,40 @@ class LoadedRun:
         """uint8 (N, C, H, W) -> the model's float input, as at test time."""
         return self.augment.normalize_only(x_uint8)
 
-    def predictions(self, *, refresh: bool = False, save: bool = True) -> tuple[Tensor, Tensor, bool]:
+    def predict(self, images: Tensor, tta: str = "none") -> Tensor:
+        """Logits (N, C) of uint8 images (N, 3, H, W), normalized and predicted as the run's test set is."""
+        return predict(
+            self.model,
+            images,
+            self.normalize,
+            device=self.device,
+            autocast_dtype=self.precision.dtype,
+            channels_last=self.channels_last,
+            tta=tta,
+        )
+
+    def predictions(
+        self, *, refresh: bool = False, save: bool = True, tta: str = "none"
+    ) -> tuple[Tensor, Tensor, bool]:
         """(logits (N, C) float32, labels (N,) int64, came_from_cache) over the test set.
 
         Cached in `predictions.pt` keyed to the checkpoint file and the test set, so a newer
         checkpoint (or other test data) recomputes them. `save=False` reads a fitting cache but never
         writes the run folder (`explain --out` elsewhere: the folder may be read-only, synced or another's).
+        `tta`: test-time augmentation (vislab.explain.TTA_MODES), cached apart from the plain predictions.
         """
-        path = self.folder.run_dir / PREDICTIONS_FILE
+        path = self.folder.run_dir / tta_file(PREDICTIONS_FILE, tta)
+        key = {**self.prediction_key, "tta": tta} if tta != "none" else self.prediction_key
         if not refresh:
-            hit = load_predictions(path, self.prediction_key)
+            hit = load_predictions(path, key)
             if hit is not None:
                 return hit[0], hit[1], True
-        ds = self.dataset
-        logits = predict(
-            self.model,
-            ds.test_x,
-            self.normalize,
-            device=self.device,
-            autocast_dtype=self.precision.dtype,
-            channels_last=self.channels_last,
-        )
-        labels = ds.test_y.long().clone()
+        logits = self.predict(self.dataset.test_x, tta)
+        labels = self.dataset.test_y.long().clone()
         if not save:
             return logits, labels, False
         try:
-            save_predictions(path, logits, labels, self.prediction_key)
+            save_predictions(path, logits, labels, key)
         except OSError as e:  # a read-only run folder still gets its report numbers
             log.warning("cannot cache predictions in %s (%s)", path, e)
         return logits, labels, False
@@ -135,6 +144,15 @@ def _recorded_precision(folder: RunFolder, state: dict[str, Any], dev: torch.dev
 
 
 WEIGHTS = ("raw", "ema")
+
+
+def tta_file(name: str, tta: str) -> str:
+    """The cache file of test-time-augmented results beside the plain one: predictions.pt -> predictions-tta-flip.pt."""
+    check_tta(tta)
+    if tta == "none":
+        return name
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}-tta-{tta}{dot}{suffix}"
 
 
 def check_weights(weights: str | None, cfg: Config, state: dict[str, Any] | None = None) -> str:

@@ -28,11 +28,10 @@ from ..explain import (
     calibration,
     checkpoint_key,
     fit_temperature,
-    predict,
 )
 from ..files import atomic_write_text
 from ..rundir import CALIBRATION_FILE, ROBUSTNESS_FILE
-from ._rundir import LoadedRun
+from ._rundir import LoadedRun, tta_file
 
 log = logging.getLogger(__name__)
 
@@ -77,15 +76,8 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _predict(run: LoadedRun, images: Tensor) -> Tensor:
-    return predict(
-        run.model,
-        images,
-        run.normalize,
-        device=run.device,
-        autocast_dtype=run.precision.dtype,
-        channels_last=run.channels_last,
-    )
+def _predict(run: LoadedRun, images: Tensor, tta: str = "none") -> Tensor:
+    return run.predict(images, tta)
 
 
 def calibrate_run(
@@ -96,19 +88,25 @@ def calibrate_run(
     bins: int = CALIBRATION_BINS,
     refresh: bool = False,
     save: bool = True,
+    tta: str = "none",
 ) -> CalibrationResult:
-    """Calibration of the test `logits`; the temperature is fitted on the run's validation split (never the test split)."""
-    path = run.folder.run_dir / CALIBRATION_FILE
+    """Calibration of the test `logits`; the temperature is fitted on the run's validation split (never the test split).
+
+    `tta`: the test-time augmentation `logits` were made with; the validation logits are made the same way, and
+    the result is cached apart from the plain one (calibration-tta-<mode>.json).
+    """
+    path = run.folder.run_dir / tta_file(CALIBRATION_FILE, tta)
+    key = {**run.prediction_key, "tta": tta} if tta != "none" else run.prediction_key
     plain = calibration(logits, labels, bins=bins)
     ds = run.dataset
     if ds.val_x is None or ds.val_y is None or ds.val_y.numel() == 0:
         return CalibrationResult(plain, None, None, 0, None, False, False, NO_TEMPERATURE)
     cached = None if refresh else _read(path)
-    fitted = cached.get("temperature") if cached and cached.get("key") == run.prediction_key else None
+    fitted = cached.get("temperature") if cached and cached.get("key") == key else None
     if isinstance(fitted, dict) and isinstance(fitted.get("value"), (int, float)):
         t, val_nll, was_cached = float(fitted["value"]), tuple(fitted.get("val_nll") or ()), True
     else:
-        val_logits = _predict(run, ds.val_x)
+        val_logits = _predict(run, ds.val_x, tta)
         t = fit_temperature(val_logits, ds.val_y)
         val_nll = (
             calibration(val_logits, ds.val_y, bins=bins).nll,
@@ -133,7 +131,7 @@ def calibrate_run(
     )
     if save and not was_cached:
         doc = {
-            "key": run.prediction_key,
+            "key": key,
             "temperature": {
                 "value": t,
                 # read by vislab.rundir.read_temperature (vislab predict): the checkpoint the temperature belongs to
@@ -165,6 +163,7 @@ class Robustness:
     seconds: float
     cached: bool = False
     key: dict[str, Any] = field(default_factory=dict)
+    tta: str = "none"
 
     @property
     def mean_corruption_acc(self) -> float:
@@ -188,6 +187,7 @@ class Robustness:
             "seed": self.seed,
             "seconds": self.seconds,
             "key": self.key,
+            "tta": self.tta,
         }
 
     @classmethod
@@ -203,12 +203,13 @@ class Robustness:
             seconds=float(d["seconds"]),
             cached=True,
             key=dict(d.get("key") or {}),
+            tta=str(d.get("tta", "none")),
         )
 
 
-def read_robustness(run: LoadedRun) -> Robustness | None:
+def read_robustness(run: LoadedRun, tta: str = "none") -> Robustness | None:
     """The cached robustness.json when it belongs to this checkpoint and test set, whatever its settings."""
-    data = _read(run.folder.run_dir / ROBUSTNESS_FILE)
+    data = _read(run.folder.run_dir / tta_file(ROBUSTNESS_FILE, tta))
     if not data or data.get("key", {}).get("prediction_key") != run.prediction_key:
         return None
     try:
@@ -217,8 +218,8 @@ def read_robustness(run: LoadedRun) -> Robustness | None:
         return None
 
 
-def _accuracy(run: LoadedRun, images: Tensor, labels: Tensor) -> float:
-    return 100.0 * float((_predict(run, images).argmax(1) == labels).double().mean())
+def _accuracy(run: LoadedRun, images: Tensor, labels: Tensor, tta: str = "none") -> float:
+    return 100.0 * float((_predict(run, images, tta).argmax(1) == labels).double().mean())
 
 
 def _cifar10c(folder: Path, name: str, severity: int) -> tuple[Tensor, Tensor]:
@@ -255,10 +256,12 @@ def robustness_run(
     cifar10c: str | Path | None = None,
     refresh: bool = False,
     save: bool = True,
+    tta: str = "none",
 ) -> Robustness:
     """Accuracy per corruption x severity (vislab's batched corruptions, or the published CIFAR-10-C files).
 
     `images`: a class-balanced sample of the test set (the first images of each class), default all.
+    `tta`: predict with test-time augmentation (cached apart, robustness-tta-<mode>.json).
     """
     names = check_corruptions(corruptions or list(CORRUPTIONS))
     sevs = check_severities(severities or list(SEVERITIES))
@@ -271,8 +274,8 @@ def robustness_run(
     source = (
         f"CIFAR-10-C files in {cifar10c}" if cifar10c else "vislab corruptions (batched torch, CIFAR-10-C definitions)"
     )
-    key = {"prediction_key": run.prediction_key, "source": source, "images": int(y.numel()), "seed": seed}
-    cached = None if refresh else read_robustness(run)
+    key = {"prediction_key": run.prediction_key, "source": source, "images": int(y.numel()), "seed": seed, "tta": tta}
+    cached = None if refresh else read_robustness(run, tta)
     if cached and cached.key == key and set(names) <= set(cached.corruptions) and set(sevs) <= set(cached.severities):
         cols = [cached.severities.index(s) for s in sevs]
         cached.accuracy = {n: [cached.accuracy[n][c] for c in cols] for n in names}
@@ -283,20 +286,20 @@ def robustness_run(
             f"--cifar10c: CIFAR-10-C images are 32x32 and this run's are {ds.image_size[0]}x{ds.image_size[1]}."
         )
     t0 = time.perf_counter()
-    clean = _accuracy(run, x, y)
+    clean = _accuracy(run, x, y, tta)
     acc: dict[str, list[float]] = {}
     for name in names:
         acc[name] = []
         for s in sevs:
             if cifar10c is not None:
                 cx, cy = _cifar10c(Path(cifar10c), name, s)
-                acc[name].append(_accuracy(run, cx, cy))
+                acc[name].append(_accuracy(run, cx, cy, tta))
                 continue
             g = torch.Generator(device=run.device).manual_seed(corruption_seed(seed, name, s))
             right = 0
             for i in range(0, x.shape[0], batch_size):
                 xb = corrupt(x[i : i + batch_size].to(run.device), name, s, g)
-                right += int((_predict(run, xb).argmax(1) == y[i : i + batch_size]).sum())
+                right += int((_predict(run, xb, tta).argmax(1) == y[i : i + batch_size]).sum())
             acc[name].append(100.0 * right / max(int(y.numel()), 1))
         log.info("%s: %s", name, ", ".join(f"{a:.1f}" for a in acc[name]))
     res = Robustness(
@@ -309,12 +312,14 @@ def robustness_run(
         seed=seed,
         seconds=time.perf_counter() - t0,
         key=key,
+        tta=tta,
     )
     if save:
+        path = run.folder.run_dir / tta_file(ROBUSTNESS_FILE, tta)
         try:
-            atomic_write_text(run.folder.run_dir / ROBUSTNESS_FILE, json.dumps(res.as_dict(), indent=1) + "\n")
+            atomic_write_text(path, json.dumps(res.as_dict(), indent=1) + "\n")
         except OSError as e:
-            log.warning("cannot write %s (%s)", run.folder.run_dir / ROBUSTNESS_FILE, e)
+            log.warning("cannot write %s (%s)", path, e)
     return res
 
 

@@ -111,6 +111,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             preview=args.preview,
             robust_images=None if args.robust_images < 0 else args.robust_images,
             weights=args.weights,
+            tta=args.tta,
         )
     print(rep.markdown)
     print(rep.html)
@@ -188,6 +189,7 @@ def _cmd_robust(args: argparse.Namespace) -> int:
             cifar10c=args.cifar10c,
             refresh=args.refresh,
             weights=args.weights,
+            tta=args.tta,
         )
     width = max(len(n) for n in res.corruptions)
     print(f"{'corruption':<{width}}  " + "  ".join(f"sev {s}" for s in res.severities) + "   mean")
@@ -199,8 +201,9 @@ def _cmd_robust(args: argparse.Namespace) -> int:
         + (", from the cache" if res.cached else f", {res.seconds:.0f} s")
     )
     from ..rundir import ROBUSTNESS_FILE
+    from ._rundir import tta_file
 
-    print(f"{args.run_dir}/{ROBUSTNESS_FILE}")
+    print(f"{args.run_dir}/{tta_file(ROBUSTNESS_FILE, args.tta)}")
     return 0
 
 
@@ -273,6 +276,11 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help="test images the corruption section runs on when `vislab robust` has not run yet (a class-balanced "
         "sample; default 2000; -1: all; 0: skip the section)",
     )
+    r.add_argument(
+        "--tta",
+        choices=("none", "flip", "flip_translate"),
+        help="also report test-time-augmented predictions beside the plain ones (default: the run's trainer.tta)",
+    )
     r.set_defaults(func=_cmd_report)
 
     e = subparsers.add_parser(
@@ -313,6 +321,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "--cifar10c", metavar="DIR", help="use the published CIFAR-10-C .npy files in DIR instead of computing them"
     )
     rb.add_argument("--refresh", action="store_true", help="recompute even when robustness.json fits")
+    rb.add_argument(
+        "--tta",
+        choices=("none", "flip", "flip_translate"),
+        default="none",
+        help="predict with test-time augmentation (cached apart, robustness-tta-MODE.json; default none)",
+    )
     rb.add_argument(
         "--checkpoint",
         metavar="best|last|interrupted|PATH",
