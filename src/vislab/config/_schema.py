@@ -173,6 +173,9 @@ class TrainerConfig(_Section):
     ] = "test_acc"  # what picks the `best` checkpoint (val_*: needs data.val_size; ema_*: trainer.ema_decay)
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)  # keep an EMA of the weights with this decay; None: off
     ema_warmup: bool = True  # EMA decay min(decay, (1 + t) / (10 + t)) at update t, as timm's ModelEmaV3
+    tta: Literal["none", "flip", "flip_translate"] = (
+        "none"  # also evaluate the final weights with test-time augmentation (summary.json, report)
+    )
     progress: bool = True  # per-step progress bar
     drop_last: bool = True  # drop the last incomplete training batch
     report: bool = True  # write report.md / report.html into the run folder at the end
@@ -249,6 +252,12 @@ class Config(_Section):
                     raise ValueError(
                         f"{field} = {metric} needs a validation split: set data.val_size (e.g. 5000 images held out of train), or monitor test_loss / test_acc"
                     )
+        a = self.augment
+        if (a.mixup_alpha or a.cutmix_alpha) and a.mix_off_epochs >= epochs:
+            raise ValueError(
+                f"augment.mix_off_epochs = {a.mix_off_epochs} switches MixUp / CutMix off for the last {a.mix_off_epochs} "
+                f"epochs of {epochs}, so no epoch would mix: use fewer (e.g. {max(epochs // 5, 0)}) or set the alphas to 0"
+            )
         if s.name == "onecycle" and s.peak_epoch is not None and not s.peak_epoch < epochs:
             raise ValueError(
                 f"sched.peak_epoch = {s.peak_epoch:g} must lie strictly between 0 and trainer.epochs = {epochs}. To shorten a run and "
