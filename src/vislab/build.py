@@ -96,6 +96,31 @@ def load_data(cfg: Config, dataset=None, root: str | None = None):
     return load_dataset(d.name, root if root is not None else d.root, **data_kwargs(cfg))
 
 
+def build_mixer(a: Any, generator: torch.Generator | None) -> Any:
+    """MixUp / CutMix of each training batch as the augment section asks (None when both alphas are 0).
+
+    With both on, each batch takes one of them with even odds (timm's switch_prob 0.5); choosing reads one
+    number back from the generator's device, a host sync per batch that only this combination pays.
+    """
+    from .augment import cutmix, mixup
+
+    if not (a.mixup_alpha or a.cutmix_alpha):
+        return None
+
+    def mix(x: torch.Tensor, y: torch.Tensor):
+        use_cutmix = a.cutmix_alpha > 0 and (
+            a.mixup_alpha == 0
+            or bool(
+                torch.rand((), generator=generator, device=generator.device if generator is not None else None) < 0.5
+            )
+        )
+        if use_cutmix:
+            return cutmix(x, y, a.cutmix_alpha, generator)
+        return mixup(x, y, a.mixup_alpha, generator)
+
+    return mix
+
+
 def step_kwargs(o: OptimConfig) -> dict[str, Any]:
     """What one training step does besides the optimizer (label smoothing, the L1 term, gradient clipping):
     the same for the Trainer and the LR range test, so that the sweep measures the loss training minimises."""
@@ -420,6 +445,12 @@ def logger_hparams(cfg: Config, recipe: str, precision: str) -> dict[str, str | 
         "augment.flip_p": a.flip_p,
         "augment.rotate_deg": a.rotate_deg,
         "augment.cutout_size": a.cutout_size,
+        "augment.flip": a.flip,
+        "augment.trivial_augment": a.trivial_augment,
+        "augment.mixup_alpha": a.mixup_alpha,
+        "augment.cutmix_alpha": a.cutmix_alpha,
+        "trainer.ema_decay": t.ema_decay if t.ema_decay is not None else 0.0,  # 0: no EMA
+        "trainer.tta": t.tta,
     }
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from .build import (
     build_loggers,
     build_lr_finder,
+    build_mixer,
     build_training,
     check_distributed,
     check_loggers,
@@ -353,6 +354,8 @@ def train(
             interrupt_dir=ckpt_dir if dist.is_main else None,
             # After the range test (which restores the model): the average starts from the weights training starts from.
             ema=ModelEma(model, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay is not None else None,
+            mix=build_mixer(cfg.augment, gen),
+            mix_off_epochs=cfg.augment.mix_off_epochs,
         )
         if resume is not None:
             if checkpoint_exists(ckpt_dir / LAST):

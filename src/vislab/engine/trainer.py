@@ -25,6 +25,9 @@ from .optim import Scheduler
 
 log = logging.getLogger(__name__)
 
+# (x, y) -> (x_mixed, y_a, y_b, lam): MixUp / CutMix of one batch (vislab.augment.mixup, cutmix)
+Mixer = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
 # Seconds between progress-bar refreshes: each refresh reads the loss back from the device
 # (a host sync), so it is throttled instead of done every step.
 PROGRESS_INTERVAL = 0.5
@@ -87,6 +90,7 @@ def train_one_epoch(
     progress: bool = False,
     desc: str = "train",
     stop_on_nonfinite: bool = True,
+    mix: Mixer | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; returns mean per-sample train loss, accuracy (%) and the LR of its last step.
 
@@ -100,6 +104,10 @@ def train_one_epoch(
 
     A NaN/inf loss raises `TrainingDiverged` (checked twice a second and at the end, without a
     host sync per step) unless `stop_on_nonfinite=False`, as the LR range test needs.
+
+    `mix(x, y) -> (x_mixed, y_a, y_b, lam)` (MixUp / CutMix) mixes each batch after augmentation; the loss
+    is then lam * CE(y_a) + (1 - lam) * CE(y_b), and train_acc is the lam-weighted agreement with y_a and
+    y_b, an accuracy on mixed data (the row says so with train_mixed).
     """
     model.train()
     # Sums stay on the device (no host sync per step) and become Python floats once per epoch;
@@ -107,6 +115,7 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     ce_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    correct_mixed = torch.zeros((), device=device, dtype=torch.float64)  # lam-weighted, under MixUp / CutMix
     first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # first step with a non-finite loss
     seen = 0
     lrs: list[float] = []
@@ -118,9 +127,13 @@ def train_one_epoch(
         x = x.to(device, non_blocking=True, memory_format=memory_format)  # (B, 3, H, W)
         y = y.to(device, non_blocking=True)
         lr = optimizer.param_groups[0]["lr"]
+        if mix is not None:
+            x, y, y_b, lam = mix(x, y)  # lam: 0-dim tensor on the device, never read back
         with precision.autocast(device):
             logits = model(x)  # (B, num_classes)
             loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            if mix is not None:
+                loss = lam * loss + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing)
         if l1:
             loss = loss + l1 * _l1_penalty(model)
         optimizer.zero_grad(set_to_none=True)
@@ -152,11 +165,20 @@ def train_one_epoch(
         # Recorded on the device without a host sync; read back twice a second at most.
         first_bad = torch.where(~torch.isfinite(loss.detach()) & (first_bad < 0), batch_idx, first_bad)
         loss_sum += loss.detach().double() * n
-        if label_smoothing or l1:  # from the same logits, no extra forward pass
+        if mix is not None:
+            plain = logits.detach().float()
+            ce = lam * F.cross_entropy(plain, y, reduction="sum") + (1 - lam) * F.cross_entropy(
+                plain, y_b, reduction="sum"
+            )
+            ce_sum += ce.double()
+            pred = plain.argmax(1)
+            correct_mixed += (lam * (pred == y).sum() + (1 - lam) * (pred == y_b).sum()).double()
+        elif label_smoothing or l1:  # from the same logits, no extra forward pass
             ce_sum += F.cross_entropy(logits.detach().float(), y, reduction="sum").double()
         else:
             ce_sum += loss.detach().double() * n
-        correct += (logits.detach().argmax(1) == y).sum()
+        if mix is None:
+            correct += (logits.detach().argmax(1) == y).sum()
         seen += n
         if on_step is not None:
             on_step(lr)
@@ -170,25 +192,33 @@ def train_one_epoch(
         if progress and now - last_refresh > PROGRESS_INTERVAL:
             last_refresh = now
             bar.set_postfix(
-                loss=f"{loss_sum.item() / seen:.3f}", acc=f"{100 * correct.item() / seen:.1f}", lr=f"{lr:.2e}"
+                loss=f"{loss_sum.item() / seen:.3f}",
+                acc=f"{100 * (correct.item() + correct_mixed.item()) / seen:.1f}",
+                lr=f"{lr:.2e}",
             )
         if should_stop is not None and should_stop():
             break
     bar.close()
     if stop_on_nonfinite:
         _check_finite(first_bad, lrs, epoch)
-    loss_total, ce_total, correct_total, seen = reduce_sums(loss_sum, ce_sum, correct, seen)  # over all ranks under DDP
+    correct_all = correct.double() + correct_mixed
+    loss_total, ce_total, correct_total, seen = reduce_sums(
+        loss_sum, ce_sum, correct_all, seen
+    )  # over all ranks under DDP
     if seen == 0:
         raise VislabError(
             "The training loader produced no batch: the training set is smaller than trainer.batch_size with trainer.drop_last=true."
         )
     # The LR the last step used; the optimizer's current value is already the next step's.
-    return {
+    out = {
         "train_loss": loss_total / seen,
         "train_ce": ce_total / seen,
         "train_acc": 100.0 * correct_total / seen,
         "lr": lr,
     }
+    if mix is not None:
+        out["train_mixed"] = True  # train_loss, train_ce and train_acc are those of the mixed batches
+    return out
 
 
 def _check_finite(first_bad: torch.Tensor, lrs: list[float], epoch: int | None) -> None:
@@ -267,6 +297,8 @@ class Trainer:
         distributed: bool = False,
         interrupt_dir: str | Path | None = None,
         ema: ModelEma | None = None,
+        mix: Mixer | None = None,
+        mix_off_epochs: int = 0,
     ):
         self.model = model  # the module whose state is saved (never the compiled or DDP wrapper)
         self.forward_model = compiled_model if compiled_model is not None else model
@@ -304,6 +336,8 @@ class Trainer:
         # Averaged weights, updated from the bare model after each optimizer step and evaluated beside it
         # (ema_* columns); checkpointed with the run, so a resume continues the same average.
         self.ema = ema
+        self.mix = mix  # MixUp / CutMix of each training batch, off for the last `mix_off_epochs` epochs
+        self.mix_off_epochs = mix_off_epochs
 
     def fit(self) -> list[dict[str, Any]]:
         for cb in self.callbacks:
@@ -319,6 +353,10 @@ class Trainer:
         epoch = self.epoch + 1
         start = time.perf_counter()
         step0 = self.global_step
+        if hasattr(self.train_loader, "set_epoch"):
+            # Augmentations that depend on the epoch (alternating flips) follow the epoch count, not how many
+            # epochs this loader object has served: a resumed run, or one that ran a range test first, stays exact.
+            self.train_loader.set_epoch(self.epoch)
         try:
             train = train_one_epoch(
                 self.forward_model,
@@ -340,6 +378,7 @@ class Trainer:
                 epoch=epoch,
                 progress=self.progress,
                 desc=f"epoch {epoch}/{self.epochs}",
+                mix=self.mix if epoch <= self.epochs - self.mix_off_epochs else None,
             )
             # The loss check cannot see an update that broke the weights after the last loss was
             # computed (the epoch's final step); such weights must never become a checkpoint.
@@ -380,6 +419,7 @@ class Trainer:
             "train_loss": train["train_loss"],
             "train_ce": train["train_ce"],
             "train_acc": train["train_acc"],
+            **({"train_mixed": True} if train.get("train_mixed") else {}),
             **val,
             "test_loss": test["test_loss"],
             "test_acc": test["test_acc"],

@@ -80,12 +80,19 @@ def _plot_metric(
 
 def plot_loss(history: Rows, ax: Axes | None = None) -> Figure:
     """Cross-entropy per epoch: train (plain, and the objective where label smoothing / L1 change it), validation, test."""
-    return _plot_metric(history, ax, _loss_series(history), "loss", "loss")
+    return _plot_metric(history, ax, _mixed(history, _loss_series(history)), "loss", "loss")
+
+
+def _mixed(history: Rows, series: Sequence[tuple[str, str, Any]]) -> list[tuple[str, str, Any]]:
+    """Under MixUp / CutMix the train figures are those of mixed batches: the legend says so."""
+    if not any(r.get("train_mixed") for r in history):
+        return list(series)
+    return [(k, f"{label} (mixed data)" if k.startswith("train") else label, st) for k, label, st in series]
 
 
 def plot_accuracy(history: Rows, ax: Axes | None = None) -> Figure:
     """Train, validation (when there is a split) and test accuracy (%) per epoch; the EMA weights' too, when averaged."""
-    return _plot_metric(history, ax, _ACC_SERIES, "accuracy (%)", "accuracy")
+    return _plot_metric(history, ax, _mixed(history, _ACC_SERIES), "accuracy (%)", "accuracy")
 
 
 def plot_curves(history: Rows, ax: Sequence[Axes] | None = None) -> Figure:

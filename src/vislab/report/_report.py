@@ -79,10 +79,11 @@ def _metric_table(folder: RunFolder) -> tuple[list[str], list[list[Any]]]:
     best, final = folder.best_row(), folder.final_row()
     has_ce = any(r and "train_ce" in r for r in (best, final))
     has_val = any(r and "val_loss" in r for r in (best, final))
+    mixed = any(r and r.get("train_mixed") for r in (best, final))
     header = (
         ["", "epoch", "train objective" if has_ce else "train loss"]
         + (["train CE"] if has_ce else [])
-        + ["train acc (%)"]
+        + ["train acc on mixed data (%)" if mixed else "train acc (%)"]
     )
     header += (["val loss", "val acc (%)"] if has_val else []) + ["test loss", "test acc (%)", "lr", "epoch seconds"]
     rows = []
@@ -140,9 +141,15 @@ def _config_rows(run: LoadedRun, params: int) -> list[list[str]]:
     h, w = ds.image_size
     aug = [
         f"pad {a.crop_pad} ({a.pad_mode}) + crop" if a.crop_pad else "",
-        f"flip p={a.flip_p:g}" if a.flip_p else "",
+        (f"flip p={a.flip_p:g}" if a.flip == "random" else "alternating flip (airbench)") if a.flip_p else "",
         f"rotate ±{a.rotate_deg:g}°" if a.rotate_deg else "",
         f"cutout {a.cutout_size}x{a.cutout_size} p={a.cutout_p:g}" if a.cutout_size else "",
+        "TrivialAugment (wide)" if a.trivial_augment else "",
+        f"MixUp alpha {a.mixup_alpha:g}" if a.mixup_alpha else "",
+        f"CutMix alpha {a.cutmix_alpha:g}" if a.cutmix_alpha else "",
+        f"no mixing in the last {a.mix_off_epochs} epochs"
+        if a.mix_off_epochs and (a.mixup_alpha or a.cutmix_alpha)
+        else "",
     ]
     sched = s.name + (
         f", max_lr {s.max_lr if s.max_lr is not None else o.lr}, {_peak(s, t.epochs)}, {s.anneal}"
