@@ -38,13 +38,13 @@ def imagefolder(tmp_path: Path) -> Path:
     return make_imagefolder(tmp_path / "data")
 
 
-@pytest.fixture
-def tiny_overrides(imagefolder: Path, tmp_path: Path) -> dict:
-    """Overrides that make any recipe a seconds-long CPU run on the synthetic image folder."""
+def tiny_config(root: Path, cache_dir: Path, **more) -> dict:
+    """Overrides that make any recipe a seconds-long CPU run on a synthetic image folder (`more` on top,
+    e.g. **{"trainer.epochs": 1}); module-scoped fixtures call it with their own folders."""
     return {
         "data.name": "imagefolder",
-        "data.root": str(imagefolder),
-        "data.cache_dir": str(tmp_path / "cache"),
+        "data.root": str(root),
+        "data.cache_dir": str(cache_dir),
         "model.name": "resnet9",
         "model.width": 0.125,
         "trainer.batch_size": 16,
@@ -55,7 +55,14 @@ def tiny_overrides(imagefolder: Path, tmp_path: Path) -> dict:
         "sched.name": "onecycle",
         "sched.peak_epoch": 0.5,
         "optim.lr": 0.05,
+        **more,
     }
+
+
+@pytest.fixture
+def tiny_overrides(imagefolder: Path, tmp_path: Path) -> dict:
+    """Overrides that make any recipe a seconds-long CPU run on the synthetic image folder."""
+    return tiny_config(imagefolder, tmp_path / "cache")
 
 
 @pytest.fixture(autouse=True)

@@ -80,26 +80,11 @@ def test_temperature_scaling_lowers_the_ece_of_an_overconfident_model():
 @pytest.fixture(scope="module")
 def val_run(tmp_path_factory, one_thread):
     import vislab
-    from conftest import make_imagefolder
+    from conftest import make_imagefolder, tiny_config
 
     tmp = tmp_path_factory.mktemp("cal")
     root = make_imagefolder(tmp / "data", train_per_class=30, test_per_class=10)
-    overrides = {
-        "data.name": "imagefolder",
-        "data.root": str(root),
-        "data.cache_dir": str(tmp / "cache"),
-        "data.val_size": 30,
-        "model.name": "resnet9",
-        "model.width": 0.125,
-        "trainer.batch_size": 16,
-        "trainer.epochs": 2,
-        "trainer.device": "cpu",
-        "trainer.progress": False,
-        "trainer.report": False,
-        "sched.name": "onecycle",
-        "sched.peak_epoch": 0.5,
-        "optim.lr": 0.05,
-    }
+    overrides = tiny_config(root, tmp / "cache", **{"data.val_size": 30})
     vislab.train("quick", overrides, out=tmp / "run")
     return tmp / "run", overrides
 
@@ -144,7 +129,7 @@ def test_calibration_cache_skips_the_validation_pass_and_follows_the_checkpoint(
     first = calibrate_run(run, logits, labels)
     calls = []
     real = _trust._predict
-    monkeypatch.setattr(_trust, "_predict", lambda r, x: calls.append(len(x)) or real(r, x))
+    monkeypatch.setattr(_trust, "_predict", lambda r, x, tta="none": calls.append(len(x)) or real(r, x, tta))
     again = calibrate_run(run, logits, labels)
     assert again.cached and calls == [] and again.temperature == first.temperature
     # Another checkpoint (other weights) fits its own temperature.

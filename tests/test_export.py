@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import vislab
-from conftest import make_imagefolder
+from conftest import make_imagefolder, tiny_config
 from vislab.cli import main
 from vislab.deploy import (
     EXPORT_FORMATS,
@@ -89,19 +89,9 @@ def test_other_norm_layers_export(norm, tmp_path):
 def run_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("export")
     data = make_imagefolder(base / "data", train_per_class=16, test_per_class=4)
-    overrides = {
-        "data.name": "imagefolder",
-        "data.root": str(data),
-        "data.cache_dir": str(base / "cache"),
-        "model.width": 0.125,
-        "trainer.batch_size": 16,
-        "trainer.epochs": 1,
-        "trainer.device": "cpu",
-        "trainer.progress": False,
-        "trainer.report": False,
-        "sched.name": "none",
-        "optim.lr": 0.05,
-    }
+    overrides = tiny_config(
+        data, base / "cache", **{"model.name": "resnet9", "trainer.epochs": 1, "sched.name": "none"}
+    )
     return vislab.train("quick", overrides, out=base / "run").run_dir
 
 

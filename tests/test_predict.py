@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import vislab
-from conftest import CLASSES, make_imagefolder
+from conftest import CLASSES, make_imagefolder, tiny_config
 from vislab.cli import main
 from vislab.deploy import Prediction, decode_images, find_images, predict_files, predict_loaded
 from vislab.errors import ConfigError, DataError
@@ -32,19 +32,9 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     for png in sorted((data / "test").rglob("*.png"))[::2]:
         Image.open(png).save(png.with_suffix(".jpg"), quality=90)
         png.unlink()
-    overrides = {
-        "data.name": "imagefolder",
-        "data.root": str(data),
-        "data.cache_dir": str(base / "cache"),
-        "model.width": 0.125,
-        "trainer.batch_size": 16,
-        "trainer.epochs": 1,
-        "trainer.device": "cpu",
-        "trainer.progress": False,
-        "trainer.report": False,
-        "sched.name": "none",
-        "optim.lr": 0.05,
-    }
+    overrides = tiny_config(
+        data, base / "cache", **{"model.name": "resnet9", "trainer.epochs": 1, "sched.name": "none"}
+    )
     run_dir = vislab.train("quick", overrides, out=base / "run").run_dir
     (run_dir / CALIBRATION_FILE).unlink(missing_ok=True)  # the tests below write their own
     return run_dir, data

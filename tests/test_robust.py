@@ -191,25 +191,11 @@ def test_the_cli_help_lists_every_corruption():
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, one_thread):
     import vislab
-    from conftest import make_imagefolder
+    from conftest import make_imagefolder, tiny_config
 
     tmp = tmp_path_factory.mktemp("robust")
     root = make_imagefolder(tmp / "data", train_per_class=40, test_per_class=10)
-    overrides = {
-        "data.name": "imagefolder",
-        "data.root": str(root),
-        "data.cache_dir": str(tmp / "cache"),
-        "model.name": "resnet9",
-        "model.width": 0.125,
-        "trainer.batch_size": 16,
-        "trainer.epochs": 5,
-        "trainer.device": "cpu",
-        "trainer.progress": False,
-        "trainer.report": False,
-        "sched.name": "onecycle",
-        "sched.peak_epoch": 1,
-        "optim.lr": 0.05,
-    }
+    overrides = tiny_config(root, tmp / "cache", **{"trainer.epochs": 5, "sched.peak_epoch": 1})
     vislab.train("quick", overrides, out=tmp / "run")
     return tmp / "run"
 

@@ -69,27 +69,12 @@ def test_the_cli_choices_are_the_modes():
 
 @pytest.fixture(scope="module")
 def tta_run(tmp_path_factory):
-    from conftest import make_imagefolder
+    from conftest import make_imagefolder, tiny_config
 
     tmp = tmp_path_factory.mktemp("tta")
     root = make_imagefolder(tmp / "data", train_per_class=24, test_per_class=8)
-    overrides = {
-        "data.name": "imagefolder",
-        "data.root": str(root),
-        "data.cache_dir": str(tmp / "cache"),
-        "data.val_size": 12,
-        "model.name": "resnet9",
-        "model.width": 0.125,
-        "trainer.batch_size": 16,
-        "trainer.epochs": 2,
-        "trainer.device": "cpu",
-        "trainer.progress": False,
-        "trainer.report": False,
-        "trainer.tta": "flip",
-        "trainer.ema_decay": 0.9,
-        "sched.name": "none",
-        "optim.lr": 0.05,
-    }
+    more = {"data.val_size": 12, "trainer.tta": "flip", "trainer.ema_decay": 0.9, "sched.name": "none"}
+    overrides = tiny_config(root, tmp / "cache", **more)
     return vislab.train("quick", overrides, out=tmp / "run")
 
 

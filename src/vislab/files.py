@@ -54,3 +54,18 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         if line.strip():
             rows.append(json.loads(line))
     return rows
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value in `path`; None when the file is missing, unreadable or not JSON (a cache or an optional
+    file: the caller recomputes or goes without, and a damaged file is logged, not fatal)."""
+    import logging
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        logging.getLogger(__name__).warning("ignoring unreadable %s (%s)", path, e)
+        return None

@@ -20,7 +20,7 @@ from .config import Config, apply_overrides, load_config, parse_config_yaml, val
 from .engine import BEST, INTERRUPTED, LAST, best_row, checkpoint_exists, metric_mode
 from .errors import ConfigError, DataError, VislabError
 from .explain import checkpoint_key
-from .files import atomic_write_text, read_jsonl
+from .files import atomic_write_text, read_json, read_jsonl
 from .tuner import LR_FIND_JSON
 
 log = logging.getLogger(__name__)
@@ -134,16 +134,6 @@ class RunFolder:
         return self.history[-1] if self.history else None
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        log.warning("ignoring unreadable %s (%s)", path, e)
-        return None
-
-
 def is_lr_find_folder(path: str | Path) -> bool:
     """A folder `vislab lr-find` wrote: its sweep, and none of a training run's epochs or checkpoints.
 
@@ -184,15 +174,15 @@ def read_run(run_dir: str | Path) -> RunFolder:
         raise DataError(
             f"{str(metrics)!r} cannot be read as JSON lines ({e}); it was not written by vislab or is damaged."
         ) from None
-    lr_steps = _read_json(run_dir / LR_STEPS_FILE)
+    lr_steps = read_json(run_dir / LR_STEPS_FILE)
     return RunFolder(
         run_dir=run_dir,
         config=cfg,
         config_text=cfg_path.read_text(),
         history=history,
         lr_steps=[float(v) for v in lr_steps] if isinstance(lr_steps, list) else [],
-        summary=_read_json(run_dir / SUMMARY_FILE),
-        lr_find=_read_json(run_dir / LR_FIND_JSON),
+        summary=read_json(run_dir / SUMMARY_FILE),
+        lr_find=read_json(run_dir / LR_FIND_JSON),
     )
 
 
@@ -244,7 +234,7 @@ def data_info(run_dir: str | Path) -> Any:
 
     from .data import ImageDataset
 
-    d = _read_json(Path(run_dir) / DATA_FILE)
+    d = read_json(Path(run_dir) / DATA_FILE)
     try:
         h, w = (int(v) for v in d["image_size"])
         empty = torch.empty(0, int(d.get("channels", 3)), h, w, dtype=torch.uint8)
@@ -261,7 +251,7 @@ def read_temperature(run_dir: str | Path, checkpoint: str | Path, weights: str =
     None when the run has no fitted temperature (no validation split, report not written yet) or when it was
     fitted for another checkpoint or an earlier state of this one: a temperature belongs to the weights it was fitted on.
     """
-    data = _read_json(Path(run_dir) / CALIBRATION_FILE)
+    data = read_json(Path(run_dir) / CALIBRATION_FILE)
     if not isinstance(data, dict):
         return None
     fitted = data.get("temperature")

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..config import list_recipes, load_config
 from ..errors import ConfigError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_json
 from ..plots import plot_compare
 from ..results import (
     COURSE_SETUP,
@@ -157,18 +157,14 @@ def _reference_section(doc: Document, refs: list[dict[str, Any]], rows: list[dic
         doc.para(f"{r['run']}: the course's settings, as stated: {ref.settings}.", note=True)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+def _dict(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
 
 
 def trust_figures(run_dir: Path) -> dict[str, Any]:
     """Calibration and robustness figures a run folder holds (from `vislab report` / `vislab robust`), else None each."""
     out: dict[str, Any] = {"ece": None, "ece_scaled": None, "nll": None, "temperature": None, "robustness": None}
-    cal = _read_json(run_dir / CALIBRATION_FILE)
+    cal = _dict(read_json(run_dir / CALIBRATION_FILE))
     test = (cal or {}).get("test") or {}
     if isinstance(test.get("plain"), dict):
         out["ece"], out["nll"] = test["plain"].get("ece"), test["plain"].get("nll")
@@ -176,7 +172,7 @@ def trust_figures(run_dir: Path) -> dict[str, Any]:
         out["ece_scaled"] = test["scaled"].get("ece")
     if isinstance((cal or {}).get("temperature"), dict):
         out["temperature"] = cal["temperature"].get("value")
-    rob = _read_json(run_dir / ROBUSTNESS_FILE)
+    rob = _dict(read_json(run_dir / ROBUSTNESS_FILE))
     if rob and isinstance(rob.get("accuracy"), dict):
         checkpoint = ((rob.get("key") or {}).get("prediction_key") or {}).get("checkpoint", "?")
         out["robustness"] = {

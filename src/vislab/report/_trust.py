@@ -29,7 +29,7 @@ from ..explain import (
     checkpoint_key,
     fit_temperature,
 )
-from ..files import atomic_write_text
+from ..files import atomic_write_text, read_json
 from ..rundir import CALIBRATION_FILE, ROBUSTNESS_FILE
 from ._rundir import LoadedRun, tta_file
 
@@ -68,11 +68,8 @@ class CalibrationResult:
         }
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def _read_dict(path: Path) -> dict[str, Any] | None:
+    data = read_json(path)
     return data if isinstance(data, dict) else None
 
 
@@ -101,7 +98,7 @@ def calibrate_run(
     ds = run.dataset
     if ds.val_x is None or ds.val_y is None or ds.val_y.numel() == 0:
         return CalibrationResult(plain, None, None, 0, None, False, False, NO_TEMPERATURE)
-    cached = None if refresh else _read(path)
+    cached = None if refresh else _read_dict(path)
     fitted = cached.get("temperature") if cached and cached.get("key") == key else None
     if isinstance(fitted, dict) and isinstance(fitted.get("value"), (int, float)):
         t, val_nll, was_cached = float(fitted["value"]), tuple(fitted.get("val_nll") or ()), True
@@ -209,7 +206,7 @@ class Robustness:
 
 def read_robustness(run: LoadedRun, tta: str = "none") -> Robustness | None:
     """The cached robustness.json when it belongs to this checkpoint and test set, whatever its settings."""
-    data = _read(run.folder.run_dir / tta_file(ROBUSTNESS_FILE, tta))
+    data = _read_dict(run.folder.run_dir / tta_file(ROBUSTNESS_FILE, tta))
     if not data or data.get("key", {}).get("prediction_key") != run.prediction_key:
         return None
     try:

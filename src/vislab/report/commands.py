@@ -38,19 +38,20 @@ def _add_run_options(p: argparse.ArgumentParser, n_help: str) -> None:
     p.add_argument(
         "--layer", metavar="NAME", help="Grad-CAM layer, a dotted module name (default: the model's registered layer)"
     )
+    _add_load_options(p, "explain")
+
+
+def _add_load_options(p: argparse.ArgumentParser, verb: str) -> None:
+    """How the run's model and data are loaded: checkpoint, weights, device, data root."""
     p.add_argument(
         "--checkpoint",
         metavar="best|last|interrupted|PATH",
-        help="checkpoint to explain: best, last, interrupted (of a stopped run) or a path (default: best, else last)",
+        help=f"checkpoint to {verb}: best, last, interrupted (of a stopped run) or a path (default: best, else last)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument(
         "--data-root", metavar="DIR", help="data folder, when the run's data.root does not resolve from here"
     )
-    _add_weights_option(p)
-
-
-def _add_weights_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weights",
         choices=("raw", "ema"),
@@ -327,16 +328,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
         default="none",
         help="predict with test-time augmentation (cached apart, robustness-tta-MODE.json; default none)",
     )
-    rb.add_argument(
-        "--checkpoint",
-        metavar="best|last|interrupted|PATH",
-        help="checkpoint to evaluate (default: best, else last)",
-    )
-    rb.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    rb.add_argument(
-        "--data-root", metavar="DIR", help="data folder, when the run's data.root does not resolve from here"
-    )
-    _add_weights_option(rb)
+    _add_load_options(rb, "evaluate")
     rb.set_defaults(func=_cmd_robust)
 
     c = subparsers.add_parser(
