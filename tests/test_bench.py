@@ -279,3 +279,25 @@ def test_bench_train_runs_the_engine_with_defaults_and_the_course_side_without(m
         result["settings"]["course_precision"] == precision.name
         and result["settings"]["course_fp32_precision"] == "fp32"
     )
+
+
+def test_efficiency_is_the_training_flop_rate_over_the_matmul_rate(tiny_bench):
+    report, stdout = tiny_bench
+    eff = report["results"]["efficiency"]
+    prec = report["device"]["precision"]
+    assert set(eff["figures"]) == {"resnet9_w0.125", "airbench_w0.125"}
+    for name, f in eff["figures"].items():
+        want = f["median"] * eff["train_flops_per_image"][name] / eff["matmul_flops"][prec]
+        assert eff["efficiency"][name] == pytest.approx(want)
+    assert eff["matmul_flops"]["fp32"] > 0
+    assert "matmul rate" in stdout and "% of the" in stdout
+
+
+def test_train_flops_per_image_counts_forward_multiply_adds_six_times():
+    from torch import nn
+
+    from vislab.bench import train_flops_per_image
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    # torchinfo counts a Linear's multiply-adds as its weights plus its bias adds
+    assert train_flops_per_image(model) == 6 * (3 * 32 * 32 * 10 + 10)

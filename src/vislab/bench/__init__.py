@@ -9,6 +9,7 @@ from ._suite import (
     BenchSize,
     Case,
     bench_augment,
+    bench_efficiency,
     bench_engine_overhead,
     bench_evaluate,
     bench_grad_cam,
@@ -20,6 +21,7 @@ from ._suite import (
     format_table,
     run_bench,
     synthetic_data,
+    train_flops_per_image,
 )
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "BenchSize",
     "Case",
     "bench_augment",
+    "bench_efficiency",
     "bench_engine_overhead",
     "bench_evaluate",
     "bench_grad_cam",
@@ -44,4 +47,5 @@ __all__ = [
     "format_table",
     "run_bench",
     "synthetic_data",
+    "train_flops_per_image",
 ]

@@ -99,6 +99,8 @@ class BenchSize:
     train: tuple[Case, ...]  # item 2: vislab engine vs course-style baseline, one case per model
     small: Case  # items 3 and 4: engine overhead, evaluation, Grad-CAM and LR range test
     eval_images: int
+    efficiency: tuple[Case, ...] = ()  # the quick and fast recipes' models, against the machine's matmul rate
+    matmul_size: int = 2048  # side of the square matrices whose product measures the matmul rate
 
 
 SIZES = {
@@ -112,6 +114,7 @@ SIZES = {
         train=(Case("resnet9", 1.0, 512, 6), Case("resnet18", 1.0, 128, 8)),
         small=Case("resnet9", 0.25, 512, 12),
         eval_images=10_000,
+        efficiency=(Case("resnet9", 0.25, 512, 4), Case("airbench", 1.0, 1024, 2)),
     ),
     "quick": BenchSize(
         repeats=5,
@@ -120,6 +123,8 @@ SIZES = {
         train=(Case("resnet9", 1.0, 512, 2), Case("resnet18", 1.0, 128, 3)),
         small=Case("resnet9", 0.25, 512, 12),
         eval_images=2048,
+        efficiency=(Case("resnet9", 0.25, 512, 2), Case("airbench", 1.0, 512, 1)),
+        matmul_size=1024,
     ),
     # For the tests: every code path in seconds; the figures mean nothing.
     "tiny": BenchSize(
@@ -129,6 +134,8 @@ SIZES = {
         train=(Case("resnet9", 0.125, 8, 2), Case("resnet18", 0.125, 8, 2)),
         small=Case("resnet9", 0.125, 4, 12),
         eval_images=16,
+        efficiency=(Case("resnet9", 0.125, 8, 1), Case("airbench", 0.125, 8, 1)),
+        matmul_size=64,
     ),
 }
 
@@ -506,6 +513,82 @@ def bench_lr_find(case: Case, *, device: torch.device, repeats: int, seed: int =
     )
 
 
+def _matmul_rate(n: int, dtype: torch.dtype, device: torch.device) -> float:
+    """FLOP/s of one (n x n) @ (n x n) product in `dtype`: 2 n^3 multiply-adds counted as FLOPs."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device, dtype)
+    b = torch.randn(n, n, generator=g).to(device, dtype)
+    a @ b  # first-call costs
+    _sync(device)
+    t0 = time.perf_counter()
+    a @ b
+    _sync(device)
+    return 2 * n**3 / (time.perf_counter() - t0)
+
+
+def train_flops_per_image(model: nn.Module, image_size: int = 32) -> float:
+    """FLOPs one training image costs: the forward pass's multiply-adds (torchinfo) x 2 FLOPs x 3 (forward,
+    and a backward pass of about twice the forward's work)."""
+    from torchinfo import summary
+
+    info = summary(model, input_size=(1, 3, image_size, image_size), verbose=0, device="cpu", mode="train")
+    return 6.0 * float(info.total_mult_adds)
+
+
+def bench_efficiency(
+    cases: tuple[Case, ...], *, device: torch.device, repeats: int, matmul_size: int, seed: int = 0
+) -> dict[str, Any]:
+    """Training throughput of the quick and fast recipes' models as a share of the machine's matmul rate.
+
+    The rate is the median of `repeats` square products in the engine's precision (and fp32 beside it when
+    that is another); a model's FLOP rate is images/s x train_flops_per_image. The share says how far the
+    step is from the machine (convolutions as matmuls, memory traffic, the optimizer), not how good the
+    model is.
+    """
+    precision, channels_last = engine_defaults(device)
+    dtypes = {"fp32": torch.float32, **({precision.name: precision.dtype} if precision.dtype is not None else {})}
+    matmul = {
+        name: statistics.median(_matmul_rate(matmul_size, dt, device) for _ in range(repeats))
+        for name, dt in dtypes.items()
+    }
+    rate = matmul[precision.name]
+    variants: dict[str, Callable[[], float]] = {}
+    flops: dict[str, float] = {}
+    for case in cases:
+        name = f"{case.model}_w{case.width:g}"
+        x, y, mean, std = synthetic_data(case.batch_size * case.steps, seed)
+        model = _model(case, device, channels_last, seed)
+        flops[name] = train_flops_per_image(create_model(case.model, num_classes=NUM_CLASSES, width=case.width))
+        opt = _optimizer(model)
+        aug = TensorAugment(AUGMENT_SPEC, mean, std, channels_last=channels_last)
+        loader = DeviceLoader(
+            x.to(device),
+            y.to(device),
+            case.batch_size,
+            aug,
+            shuffle=True,
+            drop_last=True,
+            generator=_generator(device, seed),
+        )
+
+        def epoch(m=model, o=opt, ld=loader, n=case.batch_size * case.steps) -> int:
+            train_one_epoch(m, ld, o, device=device, precision=precision, channels_last=channels_last)
+            return n
+
+        variants[name] = lambda fn=epoch: _rate(fn, device)
+    res = _compare(
+        variants,
+        repeats,
+        setup=", ".join(c.describe() for c in cases) + f"; matmul {matmul_size}x{matmul_size}",
+        unit="images/s",
+        settings={"cases": [c.__dict__ for c in cases], "precision": precision.name, "channels_last": channels_last},
+    )
+    res["matmul_flops"] = matmul
+    res["train_flops_per_image"] = flops
+    res["efficiency"] = {k: f["median"] * flops[k] / rate for k, f in res["figures"].items()}
+    return res
+
+
 def bench_recipes(device: torch.device, out: Path | None, data_root: str | Path | None = None) -> dict[str, Any]:
     """Item 5, CUDA only: wall time and test accuracy of `resnet9-onecycle` (24 epochs) and one `resnet18-bn` epoch."""
     if device.type != "cuda" or not torch.cuda.is_available():
@@ -616,6 +699,10 @@ def run_bench(
         ("evaluate", lambda: bench_evaluate(preset.small, images=preset.eval_images, workers=workers, **common)),
         ("grad_cam", lambda: bench_grad_cam(preset.small, **common)),
         ("lr_find", lambda: bench_lr_find(preset.small, **common)),
+        (
+            "efficiency",
+            lambda: bench_efficiency(preset.efficiency, matmul_size=preset.matmul_size, **common),
+        ),
     ]
     results: dict[str, Any] = {}
     for key, measure in steps:
@@ -723,6 +810,16 @@ def format_table(report: dict[str, Any]) -> str:
         "",
     ]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    eff = results.get("efficiency")
+    if eff:
+        prec = report["device"]["precision"]
+        rates = ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in eff["matmul_flops"].items())
+        lines.append(f"matmul rate ({eff['setup'].rpartition('; ')[2]}): {rates}")
+        for name, f in eff["figures"].items():
+            lines.append(
+                f"training {name}: {_spread(f, 'images/s')} x {eff['train_flops_per_image'][name] / 1e9:.3f} GFLOP per image "
+                f"= {100 * eff['efficiency'][name]:.0f}% of the {prec} matmul rate"
+            )
     rec = results.get("recipes", {})
     if "skipped" in rec:
         lines.append(f"recipes on CUDA: skipped: {rec['skipped']}")
