@@ -519,6 +519,9 @@ def test_auto_lr_trains_exactly_like_the_chosen_lr_written_in_the_recipe(tiny_ov
     text = (folder / "config.yaml").read_text()
     assert f"# optim.lr: auto -> {lr!r}" in text and f"# sched.max_lr: auto -> {lr!r}" in text
     assert load_config(folder / "config.yaml")[1].sched.max_lr == lr  # the stored config holds the number
+    # A resume rewrites config.yaml (it may change the device); the note of what `auto` became stays.
+    vislab.train(resume=folder)
+    assert (folder / "config.yaml").read_text().count(f"# sched.max_lr: auto -> {lr!r}") == 1
 
     fixed = vislab.train("quick", {**ov, "optim.lr": lr, "sched.max_lr": lr}, out=tmp_path / "fixed")
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in auto.history] == [

@@ -373,6 +373,9 @@ def train(
             if dist.is_main:
                 write_jsonl(run_dir / METRICS_FILE, trainer.history)
         header = f"# vislab {__version__} resolved config of recipe {name!r}\n"
+        if resume is not None:
+            # What the first run noted under its header (e.g. which LR an `auto` became) stays on resume.
+            header += "".join(_auto_notes((run_dir / CONFIG_FILE).read_text()))
         if finder is not None:
             finder.save(run_dir)
             sugg = finder.suggestions()
@@ -414,6 +417,17 @@ def train(
         summary["lr_find"] = {"fields": auto, **finder.to_dict()["chosen"], "seconds": finder.results["seconds"]}
     _finish(run_dir, summary, ds, dist, t.report, loggers)
     return Run(run_dir=run_dir, config=cfg, model=model, history=trainer.history, summary=summary)
+
+
+def _auto_notes(config_text: str) -> list[str]:
+    """The `# FIELD: auto -> VALUE (...)` lines of a config.yaml's header comment."""
+    notes = []
+    for line in config_text.splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        if ": auto -> " in line:
+            notes.append(line)
+    return notes
 
 
 def _tta_figures(cfg: Config, ds, trainer: Trainer, device, precision, channels_last: bool) -> dict[str, Any]:
