@@ -42,9 +42,11 @@ def plot_reliability(bins: Sequence[Any], ax: Axes | None = None, *, title: str 
         bottom=acc[filled],
         width=width[filled],
         align="edge",
-        color=color(3),
-        alpha=0.35,
+        fill=False,
+        hatch="///",
         edgecolor=color(3),
+        linewidth=0.8,
+        # hatched, not a tinted fill: over the accuracy bar (an under-confident bin) a tint reads as another colour
         label="gap to mean confidence",
     )
     for x0, w, a, c, k in zip(lo[filled], width[filled], acc[filled], conf[filled], count[filled]):

@@ -264,7 +264,7 @@ def _calibration_section(doc: Document, cal: CalibrationResult, logits: torch.Te
     which = f"at T = {cal.temperature:.3g}" if cal.scaled else "as trained"
     doc.image(
         "reliability.png",
-        plot_reliability(shown.bins, title=f"reliability diagram, {which} ({bins} bins; numbers: images per bin)"),
+        plot_reliability(shown.bins, title=f"reliability, {which} ({bins} bins; numbers: images per bin)"),
         f"reliability diagram ({which})",
     )
     if cal.scaled is not None:
