@@ -55,9 +55,7 @@ def plot_reliability(bins: Sequence[Any], ax: Axes | None = None, *, title: str 
     ax.set_ylim(0, 1.12)
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title(
-        title or f"reliability diagram ({len(bins)} equal-width bins; numbers: images per bin)", fontsize="medium"
-    )
+    ax.set_title(title or f"reliability diagram ({len(bins)} bins; numbers: images per bin)", fontsize="medium")
     ax.legend(loc="upper left", fontsize=7)
     return fig
 
