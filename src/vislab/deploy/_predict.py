@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..data import IMAGE_SUFFIXES, decode_file
 from ..errors import ConfigError, DataError
-from ..explain import grad_cam, predict
+from ..explain import grad_cam
 from ..plots import overlay_heatmap, plot_image_grid
 from ..report import LoadedRun, load_run
 from ..rundir import data_info, read_temperature
@@ -232,14 +232,7 @@ def _predict(
             break  # refused below; no point predicting the rest
         if not good:
             continue
-        logits = predict(
-            run.model,
-            x,
-            run.normalize,
-            device=run.device,
-            autocast_dtype=run.precision.dtype,
-            channels_last=run.channels_last,
-        )  # (n, C) float32
+        logits = run.predict(x)  # (n, C) float32, as the run's test set is predicted
         probs = (logits / temperature if temperature is not None else logits).softmax(1)
         top_p, top_i = probs.topk(k, dim=1)  # (n, k), most probable first
         cams: list[Path | None] = [None] * len(good)
