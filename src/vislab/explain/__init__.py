@@ -1,4 +1,4 @@
-"""Explaining predictions: cached test-set logits, misclassified images, Grad-CAM and its deletion test."""
+"""Explaining predictions: cached test-set logits, misclassified images, CAM methods and the deletion test."""
 
 from ._calibration import (
     CALIBRATION_BINS,
@@ -9,6 +9,14 @@ from ._calibration import (
     check_bins,
     fit_temperature,
     reliability_bins,
+)
+from ._cams import (
+    CAM_METHODS,
+    SCORECAM_BATCH,
+    cam,
+    cam_grid,
+    cam_targets,
+    check_method,
 )
 from ._deletion import (
     DELETE_FRACTION,
@@ -57,6 +65,12 @@ from ._select import (
 
 __all__ = [
     "CALIBRATION_BINS",
+    "CAM_METHODS",
+    "SCORECAM_BATCH",
+    "cam",
+    "cam_grid",
+    "cam_targets",
+    "check_method",
     "TEMPERATURE_RANGE",
     "Calibration",
     "ReliabilityBin",

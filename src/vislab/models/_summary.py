@@ -1,4 +1,4 @@
-"""Model introspection: parameter counts, a torchinfo table and the default Grad-CAM layer."""
+"""Model introspection: parameter counts, a torchinfo table, the default Grad-CAM layer and the CAM sweep layers."""
 
 from __future__ import annotations
 
@@ -38,6 +38,30 @@ def get_target_layer(model: nn.Module) -> nn.Module:
             f"model.gradcam_layer: {type(model).__name__}.gradcam_layer is {name!r}, which is not a "
             f"submodule of the model ({err})."
         ) from err
+
+
+def get_cam_layers(model: nn.Module) -> tuple[str, ...]:
+    """Dotted names of the layers a CAM sweep compares, `model.cam_layers` (the last three stages, coarsest last);
+    a model without the attribute gives its `gradcam_layer` alone. Each name is checked to be a submodule."""
+    model = _unwrap(model)
+    names = getattr(model, "cam_layers", None)
+    if names is None:
+        get_target_layer(model)  # a model with neither attribute gets that function's error
+        return (model.gradcam_layer,)
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names) or not names:
+        raise ConfigError(
+            f"model.cam_layers: {type(model).__name__}.cam_layers is {names!r}; set it to a tuple of dotted module "
+            "names such as ('layer2', 'layer3', 'layer4')."
+        )
+    for name in names:
+        try:
+            model.get_submodule(name)
+        except AttributeError as err:
+            raise ConfigError(
+                f"model.cam_layers: {type(model).__name__}.cam_layers names {name!r}, which is not a submodule of the "
+                f"model ({err})."
+            ) from err
+    return tuple(names)
 
 
 # torchinfo 1.8 prints its count unit as an enum ("Total mult-adds (Units.MEGABYTES): 555.43"), which reads

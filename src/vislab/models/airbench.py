@@ -102,6 +102,7 @@ class AirBench(nn.Module):
 
         self.num_features = c3
         self.gradcam_layer = "block3"
+        self.cam_layers = ("block1", "block2", "block3")  # the last three stages: candidates for a layer sweep of CAMs
         self.pool = nn.AdaptiveMaxPool2d(1)
         self.fc = nn.Linear(self.num_features, num_classes, bias=False)
 

@@ -89,6 +89,7 @@ class ResNet(nn.Module):
 
         self.num_features = in_ch
         self.gradcam_layer = "layer4"
+        self.cam_layers = ("layer2", "layer3", "layer4")  # the last three stages: candidates for a layer sweep of CAMs
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.num_features, num_classes)
         init_weights(self)

@@ -92,6 +92,7 @@ class ResNet9(nn.Module):
 
         self.num_features = c3
         self.gradcam_layer = "layer3"
+        self.cam_layers = ("layer1", "layer2", "layer3")  # the last three stages: candidates for a layer sweep of CAMs
         self.pool = nn.AdaptiveMaxPool2d(1)
         # No bias, as in Page's net; the documented 6,573,120 parameters assume it.
         self.fc = nn.Linear(self.num_features, num_classes, bias=False)
