@@ -31,8 +31,9 @@ SECTIONS = [
     "Confusion matrix",
     "Most confused pairs",
     "Misclassified images",
-    "Grad-CAM: predicted vs actual class",
-    "Faithfulness of the Grad-CAM maps (deletion test)",
+    "Class activation maps: predicted vs actual class",
+    "Faithfulness of the maps (deletion test)",
+    "Which CAM method and layer (sweep)",
     "Timings",
 ]
 
@@ -102,8 +103,8 @@ def test_report_has_every_section_and_self_contained_html(run_dir, tmp_path):
     assert set(numbers["faithfulness"]) == (
         {"gallery/predicted", "gallery/actual"} if numbers["misclassified"] else set()
     ) | {"random test images/predicted"}
-    for stage in ("load model", "predictions", "grad-cam", "write report", "total"):
-        assert stage in rep.timings or numbers["misclassified"] == 0 and stage == "grad-cam"
+    for stage in ("load model", "predictions", "Grad-CAM maps", "write report", "total"):
+        assert stage in rep.timings or numbers["misclassified"] == 0 and stage == "Grad-CAM maps"
     assert "| predictions |" in md and "drop, top-20% CAM removed" in md
 
 

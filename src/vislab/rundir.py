@@ -34,6 +34,7 @@ CHECKPOINTS_DIR = "checkpoints"  # best/, last/ and interrupted/ checkpoint fold
 CHECKPOINT_NAMES = (BEST, LAST)  # the ones a report or explanation may pick by name, in order of preference
 CALIBRATION_FILE = "calibration.json"  # calibration metrics and the temperature fitted on the validation split
 ROBUSTNESS_FILE = "robustness.json"  # accuracy per corruption and severity (vislab robust, the report)
+SWEEP_FILE = "cam_sweep.json"  # CAM method x layer faithfulness scores (vislab explain --sweep); the report's choice
 DATA_FILE = "data.json"  # the data set's classes, image size and training mean/std: predict and export need no data
 TENSORBOARD_DIR = "tensorboard"  # event files (trainer.loggers: [tensorboard]); one TensorBoard run per run folder
 
@@ -52,6 +53,7 @@ __all__ = [
     "ROBUSTNESS_FILE",
     "RUNS_ROOT",
     "SUMMARY_FILE",
+    "SWEEP_FILE",
     "TENSORBOARD_DIR",
     "RunFolder",
     "check_writable",

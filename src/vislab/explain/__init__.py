@@ -1,4 +1,4 @@
-"""Explaining predictions: cached test-set logits, misclassified images, CAM methods and the deletion test."""
+"""Explaining predictions: cached test-set logits, misclassified images, CAM methods, their faithfulness curves."""
 
 from ._calibration import (
     CALIBRATION_BINS,
@@ -28,6 +28,20 @@ from ._deletion import (
     random_region_mask,
     top_mask,
 )
+from ._faithfulness import (
+    BASELINES,
+    DEFAULT_BASELINE,
+    DEFAULT_STEPS,
+    ROAD_FRACTIONS,
+    ROAD_NOISE,
+    FaithfulnessCurves,
+    deletion_insertion,
+    faithfulness,
+    noisy_linear_impute,
+    pixel_order,
+    random_order,
+    road_curves,
+)
 from ._gradcam import (
     RAW_PIXEL_MAX,
     CamResult,
@@ -39,6 +53,7 @@ from ._gradcam import (
     guided_grad_cam,
     resolve_layer,
 )
+from ._pixel import SMOOTH_NOISE, SMOOTH_SAMPLES, pixel_relevance, smooth_guided_grad_cam
 from ._predictions import (
     PREDICTIONS_FILE,
     TTA_MODES,
@@ -64,6 +79,22 @@ from ._select import (
 )
 
 __all__ = [
+    "BASELINES",
+    "DEFAULT_BASELINE",
+    "DEFAULT_STEPS",
+    "ROAD_FRACTIONS",
+    "ROAD_NOISE",
+    "SMOOTH_NOISE",
+    "SMOOTH_SAMPLES",
+    "FaithfulnessCurves",
+    "deletion_insertion",
+    "faithfulness",
+    "noisy_linear_impute",
+    "pixel_order",
+    "pixel_relevance",
+    "random_order",
+    "road_curves",
+    "smooth_guided_grad_cam",
     "CALIBRATION_BINS",
     "CAM_METHODS",
     "SCORECAM_BATCH",

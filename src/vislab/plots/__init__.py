@@ -1,6 +1,7 @@
 """Plots for runs and explanations: each takes `ax=None` and returns a matplotlib Figure (no pyplot state)."""
 
 from ._curves import plot_accuracy, plot_compare, plot_curves, plot_loss, plot_lr
+from ._faithfulness import plot_faithfulness
 from ._images import (
     denormalize,
     overlay_heatmap,
@@ -11,6 +12,7 @@ from ._images import (
 )
 from ._matrix import plot_confusion_matrix, plot_per_class_accuracy
 from ._style import HEATMAP_CMAP, MATRIX_CMAP, PALETTE
+from ._sweep import plot_sweep
 from ._trust import plot_confidence_histogram, plot_reliability, plot_robustness
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "plot_confidence_histogram",
     "plot_confusion_matrix",
     "plot_curves",
+    "plot_faithfulness",
     "plot_gradcam",
     "plot_image_grid",
     "plot_loss",
@@ -33,4 +36,5 @@ __all__ = [
     "plot_per_class_accuracy",
     "plot_reliability",
     "plot_robustness",
+    "plot_sweep",
 ]

@@ -195,8 +195,13 @@ def plot_gradcam(
     alpha: float = 0.5,
     true_probs: Sequence[float] | Tensor | None = None,
     scale: str = "map",
+    method: str = "Grad-CAM",
+    grid: tuple[int, int] | None = None,
 ) -> Figure:
-    """Each image beside its Grad-CAM overlays, one per entry of `cams` ("predicted" / "actual" -> (N, H, W)).
+    """Each image beside its CAM overlays, one per entry of `cams` ("predicted" / "actual" -> (N, H, W)).
+
+    `method` names the maps; `grid` is their native resolution (the layer's output size), written on every map
+    and on the colour bar, so that a 4x4 map upsampled to 32x32 is not mistaken for a fine one.
 
     Above each map: the class it explains, the model's probability of that class (`probs` for "predicted",
     `true_probs` for "actual") and the map's raw maximum, so that a near-chance model's maps, however
@@ -220,13 +225,15 @@ def plot_gradcam(
             cls, p = _cam_class(k, i, labels_l, preds_l, probs_l, true_l)
             line = (_name(classes, cls) if cls is not None else "") + (f" p={p:.2f}" if p is not None else "")
             tiles.append(ov[i])
-            titles.append(f"{CAM_TITLES.get(k, k)}\n{line}\nraw max {peaks[k][i]:.3g}")
+            title = CAM_TITLES.get(k, k) + (f" ({grid[0]}x{grid[1]})" if grid else "")
+            titles.append(f"{title}\n{line}\nraw max {peaks[k][i]:.3g}")
     group = 1 + len(overlays)
     stack = torch.stack(tiles) if tiles else torch.zeros(0, 3, *images.shape[-2:], dtype=torch.uint8)
+    name = method + (f" at its native {grid[0]}x{grid[1]} grid, upsampled" if grid else "")
     if scale == "shared":
-        label, top = "Grad-CAM, raw values on one scale for every map", vmax if vmax and vmax > 0 else 1.0
+        label, top = f"{name}, raw values on one scale for every map", vmax if vmax and vmax > 0 else 1.0
     else:
-        label, top = "Grad-CAM / the map's own maximum (its raw max is above it)", 1.0
+        label, top = f"{name} / the map's own maximum (its raw max is above it)", 1.0
     return plot_image_grid(
         stack, titles, ax, ncols=group * groups_per_row, group=group, colorbar=label, colorbar_max=top
     )

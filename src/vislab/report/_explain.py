@@ -15,11 +15,12 @@ from torch import Tensor
 
 from ..explain import (
     DELETE_FRACTION,
+    cam_targets,
     check_count,
+    check_method,
     check_order,
     check_target,
     deletion_test,
-    grad_cam_targets,
     guided_grad_cam,
     per_sample_loss,
     resolve_layer,
@@ -28,6 +29,7 @@ from ..explain import (
 from ..files import atomic_write_text
 from ..plots import plot_gradcam, plot_image_grid, plot_misclassified
 from ._rundir import LoadedRun, load_run
+from ._sweep import SWEEP_IMAGES, choose_cam, choose_cam_from, sweep_figures, sweep_run
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,18 @@ EXPLAIN_FOLDER = "explain"
 # Tiles per PNG that `explain_run` writes: a 409-image gallery in one figure was a 39,000-pixel-tall file that no
 # viewer shows at a readable size; 50 tiles (10 rows of 5) still fit a screen.
 PAGE_TILES = 50
+# How each CAM method is written in figures and reports.
+METHOD_NAMES = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "xgradcam": "XGrad-CAM",
+    "layercam": "LayerCAM",
+    "hirescam": "HiResCAM",
+    "scorecam": "Score-CAM",
+    "eigencam": "EigenCAM",
+    "guided-gradcam": "guided Grad-CAM",
+    "smooth-guided-gradcam": "SmoothGrad guided Grad-CAM",
+}
 
 
 @dataclass
@@ -59,6 +73,8 @@ class Explanation:
     pages: dict[str, list[Figure]] = field(default_factory=dict)
     p_true: Tensor | None = None  # (n,) probability of the true class: what a loss-ordered gallery is sorted by
     losses: Tensor | None = None  # (n,) per-image cross-entropy
+    method: str = "gradcam"  # the CAM method of `cams` (vislab.explain.CAM_METHODS)
+    grid: tuple[int, int] | None = None  # the maps' native resolution: the layer's output size
 
 
 def layer_name(model: torch.nn.Module, layer: Any) -> str:
@@ -106,11 +122,14 @@ def explain_loaded(
     faithfulness_n: int = FAITHFULNESS_SAMPLE,
     guided: bool = False,
     page_tiles: int | None = None,
+    method: str = "gradcam",
 ) -> Explanation:
     """Everything `explain` shows, from a loaded run and its cached test-set predictions.
 
-    `page_tiles` splits each figure into pages of at most that many image tiles (None: one figure each).
+    `method`: the CAM method of the maps (vislab.explain.CAM_METHODS). `page_tiles` splits each figure into pages
+    of at most that many image tiles (None: one figure each).
     """
+    check_method(method)
     check_order(order)
     check_target(target)
     check_count(n, "n")
@@ -143,13 +162,15 @@ def explain_loaded(
 
     cams: dict[str, Tensor] = {}
     faith: dict[str, dict[str, float]] = {}
+    grid: tuple[int, int] | None = None
     if idx.numel():
         t0 = time.perf_counter()
         x = run.normalize(images.to(run.device))
         targets = _cam_targets(target, preds.to(run.device), y.to(run.device))
-        res = grad_cam_targets(run.model, x, targets, layer=layer)
+        res = cam_targets(run.model, x, targets, method=method, layer=layer)
         cams = {k: v.cpu() for k, v in res.maps.items()}
-        timings["grad-cam"] = time.perf_counter() - t0
+        grid = res.grid
+        timings[f"{METHOD_NAMES[method]} maps"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         pages["gradcam"] = [
             plot_gradcam(
@@ -160,10 +181,12 @@ def explain_loaded(
                 probs[sl],
                 classes,
                 true_probs=p_true[sl],
+                method=METHOD_NAMES.get(method, method),
+                grid=grid,
             )
             for sl in paged(len(idx), 1 + len(cams))
         ]
-        timings["grad-cam plot"] = time.perf_counter() - t0
+        timings[f"{METHOD_NAMES[method]} plot"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         faith.update(_faithfulness(run, x, cams, {k: v.cpu() for k, v in targets.items()}, res.grid, "gallery", seed))
         timings["deletion test (gallery)"] = time.perf_counter() - t0
@@ -184,7 +207,8 @@ def explain_loaded(
         sample = torch.randperm(labels.numel(), generator=g)[:faithfulness_n]
         xs = run.normalize(ds.test_x[sample].to(run.device))
         sample_targets = {"predicted": logits[sample].argmax(1).to(run.device)}
-        sample_res = grad_cam_targets(run.model, xs, sample_targets, layer=layer)
+        sample_res = cam_targets(run.model, xs, sample_targets, method=method, layer=layer)
+        grid = grid or sample_res.grid
         faith.update(
             _faithfulness(run, xs, sample_res.maps, sample_targets, sample_res.grid, "random test images", seed)
         )
@@ -206,6 +230,8 @@ def explain_loaded(
         pages=pages,
         p_true=p_true,
         losses=losses,
+        method=method,
+        grid=grid,
     )
 
 
@@ -217,6 +243,8 @@ class ExplainResult:
     files: list[Path]
     explanation: Explanation
     timings: dict[str, float]
+    sweep: dict[str, Any] | None = None  # the sweep's table (cam_sweep.json's content) when `sweep` was asked
+    why: str | None = None  # why the gallery's CAM method and layer were chosen, when they were not given
 
 
 def save_figure(fig: Figure, path: Path, dpi: int | None = None) -> Path:
@@ -243,15 +271,27 @@ def explain_run(
     out: str | Path | None = None,
     guided: bool = False,
     faithfulness_n: int = FAITHFULNESS_SAMPLE,
+    method: str | None = None,
+    sweep: bool = False,
+    sweep_images: int = SWEEP_IMAGES,
+    refresh: bool = False,
 ) -> ExplainResult:
-    """Misclassified gallery + Grad-CAM (predicted / actual / both) of a run, written to `out` (default RUN_DIR/explain).
+    """Misclassified gallery + CAM maps (predicted / actual / both) of a run, written to `out` (default RUN_DIR/explain).
 
-    Files: misclassified.png, gradcam.png, guided_gradcam.png (with `guided`) and explain.json (indices,
-    classes, probabilities, deletion-test numbers, timings). A figure of more than PAGE_TILES image tiles is
-    split into pages: misclassified-1.png, misclassified-2.png, ... With `out` outside the run folder,
-    nothing is written into the run folder (not even the predictions cache).
+    `method` / `layer`: the CAM (default: the most faithful combination of a fitting cam_sweep.json, else Grad-CAM
+    at the model's registered layer). `sweep`: first score every CAM method at every candidate layer on
+    `sweep_images` test images (vislab.report.sweep_loaded; cached in RUN_DIR/cam_sweep.json, `refresh` recomputes)
+    and draw the gallery with the winner. Files: misclassified.png, gradcam.png, guided_gradcam.png (with `guided`),
+    cam_sweep.png and cam_sweep_curves.png (with `sweep`) and explain.json (indices, classes, probabilities,
+    deletion-test numbers, the sweep's table, timings). A figure of more than PAGE_TILES image tiles is split into
+    pages: misclassified-1.png, misclassified-2.png, ... With `out` outside the run folder, nothing is written into
+    the run folder (not even the predictions cache).
     """
     # Checked before the data and the model are loaded, which can take minutes.
+    if method is not None:
+        check_method(method)
+    if sweep:
+        check_count(sweep_images, "sweep_images")
     check_order(order)
     check_target(target)
     check_count(n, "n")
@@ -261,8 +301,18 @@ def explain_run(
     timings = dict(run.timings)
     out_dir = Path(out) if out is not None else run.folder.run_dir / EXPLAIN_FOLDER
     t0 = time.perf_counter()
-    logits, labels, cached = run.predictions(save=_inside(out_dir, run.folder.run_dir))
+    inside = _inside(out_dir, run.folder.run_dir)
+    logits, labels, cached = run.predictions(save=inside)
     timings["predictions (cached)" if cached else "predictions"] = time.perf_counter() - t0
+    sweep_data, swept = None, None
+    if sweep:
+        t0 = time.perf_counter()
+        sweep_data, swept = sweep_run(run, logits, labels, images=sweep_images, seed=seed, refresh=refresh, save=inside)
+        timings["CAM sweep (cached)" if swept is None else "CAM sweep"] = time.perf_counter() - t0
+    if sweep_data is not None and method is None and layer is None:
+        method, layer, why = choose_cam_from(sweep_data)
+    else:
+        method, layer, why = choose_cam(run, method, layer)
     ex = explain_loaded(
         run,
         logits,
@@ -275,11 +325,15 @@ def explain_run(
         faithfulness_n=faithfulness_n,
         guided=guided,
         page_tiles=PAGE_TILES,
+        method=method,
     )
     timings.update(ex.timings)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     files = []
+    if sweep_data is not None:
+        for name, fig in sweep_figures(sweep_data).items():
+            files.append(save_figure(fig, out_dir / name))
     for stem, figs in ex.pages.items():
         names = [f"{stem}.png"] if len(figs) == 1 else [f"{stem}-{i}.png" for i in range(1, len(figs) + 1)]
         files.extend(save_figure(fig, out_dir / name) for fig, name in zip(figs, names))
@@ -292,7 +346,10 @@ def explain_run(
         "checkpoint_epoch": run.checkpoint_epoch,
         "order": order,
         "target": target,
+        "method": ex.method,
         "layer": ex.layer,
+        "grid": list(ex.grid) if ex.grid else None,
+        "why": why,
         "images": [
             {
                 "test_index": int(i),
@@ -305,8 +362,9 @@ def explain_run(
             for i, t, p, q, pt, ls in zip(ex.indices, ex.labels, ex.preds, ex.probs, ex.p_true, ex.losses)
         ],
         "faithfulness": ex.faithfulness,
+        "sweep": {k: v for k, v in sweep_data.items() if k != "test_indices"} if sweep_data else None,
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
     atomic_write_text(out_dir / "explain.json", json.dumps(info, indent=1) + "\n")
     files.append(out_dir / "explain.json")
-    return ExplainResult(out_dir=out_dir, files=files, explanation=ex, timings=timings)
+    return ExplainResult(out_dir=out_dir, files=files, explanation=ex, timings=timings, sweep=sweep_data, why=why)

@@ -18,6 +18,7 @@ from ..explain import (
     MIN_MEANINGFUL_DROP,
     RANDOM_REPEATS,
     check_count,
+    check_method,
     check_order,
     check_target,
     check_tta,
@@ -41,9 +42,10 @@ from ..plots import (
     plot_robustness,
 )
 from ..version import __version__
-from ._explain import FAITHFULNESS_SAMPLE, Explanation, explain_loaded
+from ._explain import FAITHFULNESS_SAMPLE, METHOD_NAMES, Explanation, explain_loaded
 from ._render import Document
 from ._rundir import LoadedRun, RunFolder, load_run
+from ._sweep import SCORE_WORDS, choose_cam_from, read_sweep, sweep_figures
 from ._trust import REPORT_ROBUST_IMAGES, CalibrationResult, Robustness, calibrate_run, read_robustness, robustness_run
 
 log = logging.getLogger(__name__)
@@ -221,6 +223,71 @@ def _faithfulness_rows(ex: Explanation) -> list[list[Any]]:
     return rows
 
 
+def _sweep_rows(data: dict[str, Any]) -> list[list[Any]]:
+    rows = sorted(data["rows"], key=lambda r: -r["road_gap"])
+    out = [
+        [
+            METHOD_NAMES.get(r["method"], r["method"]),
+            r["layer"],
+            "x".join(map(str, r["grid"])),
+            f"{r['deletion_auc']:.3f}",
+            f"{r['insertion_auc']:.3f}",
+            f"{r['road_morf_auc']:.3f}",
+            f"{r['road_lerf_auc']:.3f}",
+            f"**{r['road_gap']:.3f}**" if r is rows[0] else f"{r['road_gap']:.3f}",
+        ]
+        for r in rows
+    ]
+    rnd = data["random"]
+    out.append(
+        [
+            "random ordering (baseline)",
+            "-",
+            "-",
+            f"{rnd['deletion_auc']:.3f}",
+            f"{rnd['insertion_auc']:.3f}",
+            f"{rnd['road_morf_auc']:.3f}",
+            f"{rnd['road_lerf_auc']:.3f}",
+            f"{rnd['road_gap']:.3f}",
+        ]
+    )
+    return out
+
+
+def _sweep_section(doc: Document, data: dict[str, Any] | None) -> None:
+    """Which CAM method and layer are most faithful, from the run's cam_sweep.json (vislab explain --sweep)."""
+    doc.heading("Which CAM method and layer (sweep)")
+    if not data:
+        doc.para(
+            "No CAM sweep for this checkpoint yet: `vislab explain RUN_DIR --sweep` scores every CAM method (Grad-CAM, "
+            "Grad-CAM++, XGrad-CAM, LayerCAM, HiResCAM, Score-CAM, EigenCAM, and the pixel-level guided Grad-CAM with "
+            "and without SmoothGrad) at each of the model's last three stages by deletion, insertion and ROAD curves "
+            "against a random baseline, and the next report draws its maps with the most faithful one.",
+            note=True,
+        )
+        return
+    doc.para(
+        f"Every method at every candidate layer, scored on the same {data['images']} class-balanced test images for "
+        f"the predicted class (seed {data['seed']}). Deletion: area under p(target) as the most relevant pixels are "
+        "set to the baseline, in steps (lower = more faithful); insertion: as they are revealed on the baseline "
+        f"(higher = more faithful). {SCORE_WORDS} Pixel-level maps (guided Grad-CAM, with SmoothGrad) rank pixels by "
+        "the magnitude of their attribution; their grid is the image's. The last row orders pixels at random."
+    )
+    doc.table(
+        ["method", "layer", "grid", "deletion AUC", "insertion AUC", "ROAD MoRF AUC", "ROAD LeRF AUC", "ROAD gap"],
+        _sweep_rows(data),
+    )
+    figs = sweep_figures(data)
+    for name, fig in figs.items():
+        doc.image(name, fig, "CAM sweep" if name == "cam_sweep.png" else "faithfulness curves")
+    if not data.get("beats_random"):
+        doc.para(
+            f"No combination beats the random ordering's ROAD gap by {data['min_gap_over_random']:g}: on this run no "
+            "map is clearly more faithful than chance, and the gallery keeps Grad-CAM.",
+            note=True,
+        )
+
+
 def _gallery_numbers(logits: torch.Tensor, ex: Explanation) -> tuple[torch.Tensor, torch.Tensor]:
     """p(true class) and the loss of each gallery image, for the tiles: what a loss-ordered gallery is sorted by."""
     shown = logits[ex.indices].float()
@@ -369,8 +436,12 @@ def make_report(
     robust_images: int | None = REPORT_ROBUST_IMAGES,
     weights: str | None = None,
     tta: str | None = None,
+    method: str | None = None,
 ) -> Report:
     """Write report.md (PNGs in report/), a self-contained report.html and report.json into the run folder.
+
+    `method` / `layer`: the gallery's CAM (default: the most faithful combination of the run's cam_sweep.json,
+    written by `vislab explain --sweep`, when it fits the checkpoint; else Grad-CAM at the registered layer).
 
     Sections: run status and metrics, config, model summary, curves, LR (and the LR range test when it ran),
     augmented training images, per-class accuracy, confusion matrix and most-confused pairs, calibration (with
@@ -379,6 +450,8 @@ def make_report(
     stage took. `robust_images`: the class-balanced test sample the corruptions run on when the run folder holds
     no robustness.json for this checkpoint yet (None: the whole test set; 0: skip the section).
     """
+    if method is not None:
+        check_method(method)
     check_order(order)
     check_target(target)
     check_count(n, "n")
@@ -403,8 +476,22 @@ def make_report(
     pairs = most_confused(cm, MOST_CONFUSED)
     stage("confusion matrix", t0)
 
+    sweep = read_sweep(run)
+    if method is None and layer is None:
+        method, layer, why = choose_cam_from(sweep)
+    else:
+        method, why = method or "gradcam", None
     ex = explain_loaded(
-        run, logits, labels, n=n, order=order, target=target, layer=layer, seed=seed, faithfulness_n=faithfulness_n
+        run,
+        logits,
+        labels,
+        n=n,
+        order=order,
+        target=target,
+        layer=layer,
+        seed=seed,
+        faithfulness_n=faithfulness_n,
+        method=method,
     )
     timings.update(ex.timings)
 
@@ -574,33 +661,45 @@ def make_report(
         )
     else:
         doc.para("No test image is misclassified: nothing to show." if wrong == 0 else "n = 0: gallery skipped.")
-    doc.heading("Grad-CAM: predicted vs actual class")
+    name = METHOD_NAMES.get(ex.method, ex.method)
+    grid = f"{ex.grid[0]}x{ex.grid[1]}" if ex.grid else "?"
+    doc.heading("Class activation maps: predicted vs actual class")
     if ex.gradcam is not None:
         doc.para(
-            f"Grad-CAM at layer {ex.layer} for "
+            f"{name} at layer {ex.layer}, whose output is a {grid} grid, for "
             + " and ".join(TARGET_WORDS[k] for k in ex.cams)
             + ", upsampled bilinearly "
             "to the image and blended over it (viridis: yellow = most attended, each map scaled to its own maximum). "
             "A map scaled to its own maximum looks as bright when the model is guessing as when it is sure, so above each "
             "map stand the class it explains, the model's probability of that class and the map's raw maximum. On these "
             f"images the model gives its predicted class p = {float(ex.probs.mean()):.2f} on average and the true class "
-            f"p = {float(p_true.mean()):.2f} (chance: {1 / max(ds.num_classes, 1):.2f})."
+            f"p = {float(p_true.mean()):.2f} (chance: {1 / max(ds.num_classes, 1):.2f})." + (f" {why}" if why else "")
         )
         # Drawn here with p(true) above the actual-class maps, which explain_loaded's figure does not show.
         doc.image(
             "gradcam.png",
-            plot_gradcam(gallery_images, ex.cams, ex.labels, ex.preds, ex.probs, classes, true_probs=p_true),
-            "Grad-CAM for the predicted and the actual class",
+            plot_gradcam(
+                gallery_images,
+                ex.cams,
+                ex.labels,
+                ex.preds,
+                ex.probs,
+                classes,
+                true_probs=p_true,
+                method=name,
+                grid=ex.grid,
+            ),
+            f"{name} for the predicted and the actual class",
         )
     else:
         doc.para("No gallery images, so no maps.", note=True)
-    doc.heading("Faithfulness of the Grad-CAM maps (deletion test)")
+    doc.heading("Faithfulness of the maps (deletion test)")
     if ex.faithfulness:
         pct = f"{100 * DELETE_FRACTION:.0f}%"
         doc.para(
-            f"Deletion test: for each image, the {pct} of pixels with the highest Grad-CAM value are set to the training-set "
+            f"Deletion test: for each image, the {pct} of pixels with the highest {name} value are set to the training-set "
             f"mean colour and the drop of the target class's probability is measured. Two baselines remove the same number "
-            f"of pixels: a random region (the top {pct} of a random map drawn at the Grad-CAM grid and upsampled like it, "
+            f"of pixels: a random region (the top {pct} of a random map drawn at the map's {grid} grid and upsampled like it, "
             f"so it has the same blob shape) and random scattered pixels (which act like noise and hurt a CNN by "
             f"themselves, whatever they cover). Each baseline is the mean of {RANDOM_REPEATS} draws (seed {seed}). The maps "
             f"point at evidence the model uses when their drop clearly exceeds the random-region drop."
@@ -627,6 +726,7 @@ def make_report(
             )
     else:
         doc.para("Not computed (no images).", note=True)
+    _sweep_section(doc, sweep)
     stage("gallery and grad-cam sections", t0)
 
     md_path, html_path = folder.run_dir / REPORT_MD, folder.run_dir / REPORT_HTML
@@ -663,6 +763,9 @@ def make_report(
         "robustness": rob.as_dict() if rob is not None else None,
         "tta": tta_numbers,
         "gradcam_layer": ex.layer,
+        "cam_method": ex.method,
+        "cam_grid": list(ex.grid) if ex.grid else None,
+        "cam_sweep": (sweep or {}).get("best"),
         "faithfulness": ex.faithfulness,
         "predictions_cached": cached,
         "timings": timings,

@@ -10,6 +10,8 @@ from contextlib import contextmanager
 # pull in torch while the parser is built, and `vislab --version` should stay instant.
 ORDERS = ("loss", "confidence", "random")
 TARGETS = ("predicted", "actual", "both")
+# vislab.explain.CAM_METHODS, for the same reason (tests/test_cam_sweep.py keeps them equal).
+CAM_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "scorecam", "eigencam")
 # vislab.augment.CORRUPTIONS' names, for the help text (tests/test_robust.py keeps them equal).
 CORRUPTION_NAMES = (
     "gaussian_noise",
@@ -36,7 +38,15 @@ def _add_run_options(p: argparse.ArgumentParser, n_help: str) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random order, samples and masks (default 0)")
     p.add_argument(
-        "--layer", metavar="NAME", help="Grad-CAM layer, a dotted module name (default: the model's registered layer)"
+        "--layer",
+        metavar="NAME",
+        help="CAM layer, a dotted module name (default: the most faithful layer of a `vislab explain --sweep`, else "
+        "the model's registered layer)",
+    )
+    p.add_argument(
+        "--method",
+        choices=CAM_METHODS,
+        help="CAM method (default: the most faithful method of a `vislab explain --sweep`, else gradcam)",
     )
     _add_load_options(p, "explain")
 
@@ -113,6 +123,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             robust_images=None if args.robust_images < 0 else args.robust_images,
             weights=args.weights,
             tta=args.tta,
+            method=args.method,
         )
     print(rep.markdown)
     print(rep.html)
@@ -139,7 +150,17 @@ def _cmd_explain(args: argparse.Namespace) -> int:
             out=args.out,
             guided=args.guided,
             weights=args.weights,
+            method=args.method,
+            sweep=args.sweep,
+            sweep_images=args.sweep_images,
+            refresh=args.refresh,
         )
+    if res.sweep is not None:
+        _print_sweep(res.sweep)
+    ex = res.explanation
+    print(f"maps: {ex.method} at {ex.layer} ({'x'.join(map(str, ex.grid)) if ex.grid else '?'} grid)")
+    if res.why:
+        print(res.why)
     shown = res.explanation.indices.numel()
     if shown < args.n:
         # select_misclassified returns every misclassified image when there are fewer than --n.
@@ -155,6 +176,31 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     for path in res.files:
         print(path)
     return 0
+
+
+def _print_sweep(data: dict) -> None:
+    """The sweep's table, most faithful first, with the random ordering's row for comparison."""
+    print(
+        f"CAM sweep on {data['images']} class-balanced test images (target: the predicted class; seed {data['seed']}); "
+        "sorted by ROAD gap (higher = more faithful)"
+    )
+    head = (
+        f"{'method':<22} {'layer':<10} {'grid':>7} {'deletion':>9} {'insertion':>9} {'MoRF':>7} {'LeRF':>7} {'gap':>7}"
+    )
+    print(head)
+    rows = sorted(data["rows"], key=lambda r: -r["road_gap"]) + [{**data["random"], "method": "random", "layer": "-"}]
+    for r in rows:
+        grid = "x".join(map(str, r["grid"])) if r.get("grid") else "-"
+        print(
+            f"{r['method']:<22} {r['layer']:<10} {grid:>7} {r['deletion_auc']:>9.3f} {r['insertion_auc']:>9.3f} "
+            f"{r['road_morf_auc']:>7.3f} {r['road_lerf_auc']:>7.3f} {r['road_gap']:>7.3f}"
+        )
+    best = data.get("best")
+    if best:
+        print(
+            f"most faithful: {best['method']} at {best['layer']}"
+            + ("" if data["beats_random"] else " (not clearly above random)")
+        )
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -297,6 +343,21 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--target", choices=TARGETS, default="both", help="Grad-CAM target class (default both)")
     e.add_argument("--guided", action="store_true", help="also draw captum's Guided Grad-CAM for the predicted class")
+    e.add_argument(
+        "--sweep",
+        action="store_true",
+        help="score every CAM method at every candidate layer (the last three stages) by deletion/insertion and ROAD "
+        "curves against a random baseline, cache the table in RUN_DIR/cam_sweep.json, and draw the gallery with the "
+        "most faithful one (the report then uses it too)",
+    )
+    e.add_argument(
+        "--sweep-images",
+        type=int,
+        default=100,
+        metavar="N",
+        help="class-balanced test images the sweep scores (default 100)",
+    )
+    e.add_argument("--refresh", action="store_true", help="recompute the sweep even when cam_sweep.json fits")
     e.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/explain)")
     e.set_defaults(func=_cmd_explain)
 
