@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import tiny_config
 from vislab.augment import TensorAugment
 from vislab.bench import (
     AUGMENT_SPEC,
@@ -19,6 +20,7 @@ from vislab.bench import (
     SIZES,
     _suite,
     bench_recipes,
+    bench_time_to_accuracy,
     bench_train,
     compute_ratios,
     course_loader,
@@ -27,6 +29,7 @@ from vislab.bench import (
     format_table,
     run_bench,
     synthetic_data,
+    time_to_accuracy,
 )
 from vislab.cli import main
 from vislab.engine import DeviceLoader, Precision
@@ -301,3 +304,54 @@ def test_train_flops_per_image_counts_forward_multiply_adds_six_times():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
     # torchinfo counts a Linear's multiply-adds as its weights plus its bias adds
     assert train_flops_per_image(model) == 6 * (3 * 32 * 32 * 10 + 10)
+
+
+def test_time_to_accuracy_sums_epoch_seconds_until_the_target():
+    hist = [
+        {"seconds": 10.0, "test_acc": 50.0},
+        {"seconds": 12.0, "test_acc": 70.0},
+        {"seconds": 11.0, "test_acc": 69.0},
+    ]
+    assert time_to_accuracy(hist, 60.0) == 22.0
+    assert time_to_accuracy(hist, 50.0) == 10.0
+    assert time_to_accuracy(hist, 71.0) is None
+
+
+def test_time_to_accuracy_row_trains_both_recipes_on_the_same_data(tmp_path, imagefolder):
+    baseline = tmp_path / "old-quick.yaml"
+    baseline.write_text("recipe: quick\nmodel:\n  name: resnet9\n  width: 0.125\ntrainer:\n  epochs: 1\n")
+    tiny = {k: v for k, v in tiny_config(imagefolder, tmp_path / "cache").items() if not k.startswith("data.")}
+    tiny.pop("model.name")  # each recipe keeps its own model
+    tiny["model.width"] = 0.125
+    res = bench_time_to_accuracy(tmp_path / "out", imagefolder, device=CPU, baseline=baseline, overrides=tiny)
+    runs = res["runs"]
+    assert set(runs) == {"quick", "baseline"} and runs["baseline"]["source"] == str(baseline)
+    assert runs["quick"]["epochs"] == 2 and runs["baseline"]["epochs"] == 2  # the overrides go to both
+    for r in runs.values():
+        assert (tmp_path / "out" / "time_to_accuracy").is_dir()
+        assert len(r["curve"]) == r["epochs"]
+    assert res["target_acc"] == min(r["test_acc"] for r in runs.values())
+    # the run whose final accuracy is the target reaches it by its last epoch at the latest
+    slow = min(runs.values(), key=lambda r: r["test_acc"])
+    assert slow["seconds_to_target"] is not None and slow["seconds_to_target"] <= slow["train_seconds"] + 1e-6
+    table = format_table(
+        {
+            "results": {"time_to_accuracy": res},
+            "ratios": {},
+            "device": {"name": "cpu", "type": "cpu", "precision": "fp32", "channels_last": False},
+            "size": "full",
+            "date": "today",
+            "versions": {"torch": torch.__version__},
+            "repeats": 1,
+            "load_avg": {"before": None, "after": None},
+            "seconds": 1.0,
+        }
+    )
+    assert f"target {res['target_acc']:.2f}% test accuracy" in table and str(baseline) in table
+
+
+def test_time_to_accuracy_row_says_why_it_is_skipped(tmp_path):
+    missing = bench_time_to_accuracy(None, tmp_path, device=CPU, baseline=tmp_path / "none.yaml")
+    assert "no baseline recipe file" in missing["skipped"]
+    nodata = bench_time_to_accuracy(None, None, device=CPU, baseline=__file__)
+    assert "--data-root" in nodata["skipped"]

@@ -421,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-recipes", action="store_true", help="on CUDA, skip training the resnet9-onecycle and resnet18-bn recipes"
     )
     b.add_argument(
-        "--data-root", help="CIFAR-10 for the CUDA recipe runs: an imagefolder root or a folder holding the archive"
+        "--data-root",
+        help="CIFAR-10 for the recipe runs (on CUDA: resnet9-onecycle, resnet18-bn; full mode: quick vs the quick it "
+        "replaced, time to accuracy): an imagefolder root or a folder holding the archive",
     )
     b.add_argument("--size", choices=["full", "quick", "tiny"], help=argparse.SUPPRESS)  # "tiny": the tests' smoke size
     b.set_defaults(func=_cmd_bench)

@@ -3,6 +3,7 @@
 from ._course import course_evaluate, course_loader, course_train
 from ._suite import (
     AUGMENT_SPEC,
+    BASELINE_QUICK,
     BENCH_FILE,
     RATIOS,
     SIZES,
@@ -15,17 +16,20 @@ from ._suite import (
     bench_grad_cam,
     bench_lr_find,
     bench_recipes,
+    bench_time_to_accuracy,
     bench_train,
     compute_ratios,
     engine_defaults,
     format_table,
     run_bench,
     synthetic_data,
+    time_to_accuracy,
     train_flops_per_image,
 )
 
 __all__ = [
     "AUGMENT_SPEC",
+    "BASELINE_QUICK",
     "BENCH_FILE",
     "RATIOS",
     "SIZES",
@@ -38,6 +42,7 @@ __all__ = [
     "bench_grad_cam",
     "bench_lr_find",
     "bench_recipes",
+    "bench_time_to_accuracy",
     "bench_train",
     "compute_ratios",
     "course_evaluate",
@@ -47,5 +52,6 @@ __all__ = [
     "format_table",
     "run_bench",
     "synthetic_data",
+    "time_to_accuracy",
     "train_flops_per_image",
 ]

@@ -101,6 +101,7 @@ class BenchSize:
     eval_images: int
     efficiency: tuple[Case, ...] = ()  # the quick and fast recipes' models, against the machine's matmul rate
     matmul_size: int = 2048  # side of the square matrices whose product measures the matmul rate
+    time_to_accuracy: bool = False  # train the default recipe and the one it replaced to completion (needs data)
 
 
 SIZES = {
@@ -115,6 +116,7 @@ SIZES = {
         small=Case("resnet9", 0.25, 512, 12),
         eval_images=10_000,
         efficiency=(Case("resnet9", 0.25, 512, 4), Case("airbench", 1.0, 1024, 2)),
+        time_to_accuracy=True,
     ),
     "quick": BenchSize(
         repeats=5,
@@ -620,6 +622,79 @@ def bench_recipes(device: torch.device, out: Path | None, data_root: str | Path 
     return results
 
 
+# The default recipe as shipped until issue 14, kept in the checkout to time the new default against it.
+BASELINE_QUICK = Path("benchmarks") / "quick-2026-11-23.yaml"
+
+
+def time_to_accuracy(history: list[dict[str, Any]], target: float) -> float | None:
+    """Training seconds (sum of the epochs' `seconds`) until the first epoch whose test accuracy reaches `target`."""
+    spent = 0.0
+    for row in history:
+        spent += float(row["seconds"])
+        if float(row["test_acc"]) >= target:
+            return spent
+    return None
+
+
+def bench_time_to_accuracy(
+    out: Path | None,
+    data_root: str | Path | None,
+    *,
+    device: torch.device,
+    recipe: str = "quick",
+    baseline: str | Path = BASELINE_QUICK,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Item 6 (full mode): train `recipe` and the `baseline` recipe file to completion on the same data, one after
+    the other in this process, and compare wall time, final test accuracy and the training time each needs to
+    reach the lower of the two final accuracies. `overrides` go to both (the tests shrink the runs with them)."""
+    from .. import train  # the public API: the bench trains recipes exactly as a user would
+
+    base_path = Path(baseline)
+    if not base_path.is_file():
+        return {"skipped": f"no baseline recipe file {str(base_path)!r} (run from the checkout, where benchmarks/ is)"}
+    if data_root is None:
+        return {
+            "skipped": "no data: give --data-root (an imagefolder copy of CIFAR-10, e.g. ../shared/data/cifar10-jpeg)"
+        }
+    root = Path(data_root)
+    common: dict[str, Any] = {
+        "trainer.device": str(device),
+        "trainer.progress": False,
+        "trainer.report": False,
+        "data.name": "imagefolder" if (root / "train").is_dir() else "cifar10",
+        "data.root": str(root),
+        **(overrides or {}),
+    }
+    runs: dict[str, Any] = {}
+    for name, source in ((recipe, recipe), ("baseline", str(base_path))):
+        log.info("bench: training %s to completion for the time-to-accuracy row", source)
+        try:
+            run = train(source, common, out=None if out is None else out / "time_to_accuracy" / name)
+        except VislabError as e:  # e.g. no CIFAR-10 on an offline machine: say so, keep the other figures
+            return {"skipped": str(e)}
+        s = run.summary
+        runs[name] = {
+            "source": source,
+            "epochs": s["epochs_completed"],
+            "wall_seconds": s["wall_seconds"],
+            "train_seconds": s["train_seconds"],
+            "test_acc": s["final"]["test_acc"],
+            "tta_test_acc": (s.get("tta") or {}).get("tta_test_acc"),
+            "curve": [(float(r["seconds"]), float(r["test_acc"])) for r in run.history],
+            "run_dir": s["run_dir"],
+        }
+        runs[name]["_history"] = run.history
+    target = min(r["test_acc"] for r in runs.values())
+    for r in runs.values():
+        r["seconds_to_target"] = time_to_accuracy(r.pop("_history"), target)
+    return {
+        "target_acc": target,
+        "runs": runs,
+        "setup": f"{recipe} vs {base_path.name}, same data, one after the other",
+    }
+
+
 # -- the suite -------------------------------------------------------------------------------------
 
 
@@ -712,6 +787,11 @@ def run_bench(
         log.info("bench: %-16s %s (%s) in %.0f s", key, medians, results[key]["unit"], time.perf_counter() - t0)
     results["recipes"] = (
         bench_recipes(dev, out_dir, data_root) if recipes else {"skipped": "not requested (--no-recipes)"}
+    )
+    results["time_to_accuracy"] = (
+        bench_time_to_accuracy(out_dir, data_root, device=dev)
+        if preset.time_to_accuracy
+        else {"skipped": f"only in the full bench (this is --size {size})"}
     )
 
     report = {
@@ -819,6 +899,18 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(
                 f"training {name}: {_spread(f, 'images/s')} x {eff['train_flops_per_image'][name] / 1e9:.3f} GFLOP per image "
                 f"= {100 * eff['efficiency'][name]:.0f}% of the {prec} matmul rate"
+            )
+    tta = results.get("time_to_accuracy", {})
+    if "skipped" in tta:
+        lines.append(f"time to accuracy: skipped: {tta['skipped']}")
+    elif tta:
+        lines.append(f"time to accuracy ({tta['setup']}), target {tta['target_acc']:.2f}% test accuracy:")
+        for r in tta["runs"].values():
+            reach = f"{r['seconds_to_target']:.0f} s" if r["seconds_to_target"] is not None else "not reached"
+            extra = f", {r['tta_test_acc']:.2f}% with TTA" if r.get("tta_test_acc") is not None else ""
+            lines.append(
+                f"  {r['source']}: {r['test_acc']:.2f}%{extra} after {r['epochs']} epochs, {r['wall_seconds']:.0f} s wall "
+                f"({r['train_seconds']:.0f} s training); target reached after {reach} of training"
             )
     rec = results.get("recipes", {})
     if "skipped" in rec:
