@@ -121,6 +121,7 @@ def entry_from_run(
         "epochs_planned": folder.config.trainer.epochs,
         "final_test_acc": round(accs[-1], 2),
         "best_test_acc": round(max(accs), 2),
+        "tta_test_acc": _tta_acc(folder.summary),
         "wall_seconds": round(seconds, 1),
         "machine": machine,
         "data": data or describe_data(run_data(folder.config, folder.summary)),
@@ -129,6 +130,13 @@ def entry_from_run(
         "course_test_acc": ref.final if ref else None,
     }
     return {k: entry[k] for k in RESULT_KEYS}
+
+
+def _tta_acc(summary: dict[str, Any] | None) -> float | None:
+    """The final weights' test accuracy with test-time augmentation, when the run had trainer.tta."""
+    tta = (summary or {}).get("tta") or {}
+    acc = tta.get("tta_test_acc")
+    return round(float(acc), 2) if isinstance(acc, (int, float)) else None
 
 
 def copy_run_files(run_dir: Path, dest: Path) -> None:

@@ -85,7 +85,8 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
     if args.name is not None:
         return _print_recipe(args.name)
-    for name in list_recipes():
+    # The default first: it is the one a newcomer runs (`vislab recipes | head -1`).
+    for name in sorted(list_recipes(), key=lambda n: n != DEFAULT_RECIPE):
         info = recipe_info(name)
         mark = " (default)" if name == DEFAULT_RECIPE else ""
         print(f"{name}{mark}\n  {info['title']}")

@@ -28,6 +28,7 @@ RESULT_KEYS = (
     "epochs_planned",
     "final_test_acc",
     "best_test_acc",
+    "tta_test_acc",  # the final weights with the recipe's test-time augmentation (trainer.tta), else None
     "wall_seconds",
     "machine",
     "data",
@@ -126,9 +127,12 @@ def describe_result(entry: Mapping[str, Any], course: CourseReference | None = N
     """One line: the measured figure with epochs, time, data, machine and date (and the course's at the same epoch if unfinished)."""
     done, planned = entry["epochs_done"], entry["epochs_planned"]
     where = f"{entry['data']}, {entry['machine']}, {entry['date']}"
+    tta = entry.get("tta_test_acc")
     if done >= planned:
         return (
-            f"{entry['final_test_acc']:.2f}% final, best {entry['best_test_acc']:.2f}% ({done}/{planned} epochs, "
+            f"{entry['final_test_acc']:.2f}% final"
+            + (f" ({tta:.2f}% with test-time augmentation)" if tta is not None else "")
+            + f", best {entry['best_test_acc']:.2f}% ({done}/{planned} epochs, "
             f"{entry['wall_seconds']:,.0f} s) on {where}"
         )
     same = course.at_epoch(done) if course else None
