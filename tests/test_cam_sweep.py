@@ -141,26 +141,91 @@ def test_sweep_is_cached_per_checkpoint_and_settings(run_dir, tmp_path):
     assert read_sweep(run) is None
 
 
-def test_choice_follows_the_sweep_and_says_why():
-    rows = [
-        {"method": "gradcam", "layer": "layer3", "grid": [2, 2], "road_gap": 0.10},
-        {"method": "scorecam", "layer": "layer2", "grid": [4, 4], "road_gap": 0.30},
-        {"method": "smooth-guided-gradcam", "layer": "layer2", "grid": [16, 16], "road_gap": 0.50},
-    ]
-    data = {
+def _row(method: str, layer: str, grid: list[int], gap: float) -> dict:
+    return {
+        "method": method,
+        "layer": layer,
+        "grid": grid,
+        "road_gap": gap,
+        "score": gap,
+        "deletion_auc": 0.3,
+        "insertion_auc": 0.5,
+        "road_morf_auc": 0.3,
+        "road_lerf_auc": 0.3 + gap,
+    }
+
+
+def _sweep_json(rows: list[dict], best: dict | None, random_gap: float = 0.01) -> dict:
+    return {
+        "key": {},
         "rows": rows,
-        "best": {"method": "smooth-guided-gradcam", "layer": "layer2"},
-        "beats_random": True,
-        "random": {"road_gap": 0.01},
+        "best": best,
+        "random": {"road_gap": random_gap},
         "images": 12,
         "min_gap_over_random": 0.02,
     }
+
+
+def test_choice_follows_the_sweep_and_says_why():
+    rows = [
+        _row("gradcam", "layer3", [2, 2], 0.10),
+        _row("scorecam", "layer1", [8, 8], 0.30),
+        _row("smooth-guided-gradcam", "layer2", [16, 16], 0.50),
+    ]
+    data = _sweep_json(rows, {"method": "smooth-guided-gradcam", "layer": "layer2"})
     method, layer, why = choose_cam_from(data)
-    # a pixel-level winner: the gallery's overlays use the best CAM method instead
-    assert (method, layer) == ("scorecam", "layer2") and "0.300" in why and "4x4" in why
-    method, layer, why = choose_cam_from({**data, "beats_random": False})
+    # a pixel-level winner: the gallery overlays the best CAM, at its own layer, and the sentence names both
+    assert (method, layer) == ("scorecam", "layer1") and "0.300" in why and "8x8" in why
+    assert "smooth-guided-gradcam at layer2" in why
+    # the CAM the gallery uses must itself beat random by the margin, whatever won overall
+    weak = _sweep_json(
+        [_row("gradcam", "layer3", [2, 2], 0.025), _row("guided-gradcam", "layer3", [16, 16], 0.3)],
+        {"method": "guided-gradcam", "layer": "layer3"},
+    )
+    method, layer, why = choose_cam_from(weak)
     assert (method, layer) == ("gradcam", None) and "random" in why
+    plain = _sweep_json([_row("layercam", "layer2", [4, 4], 0.2)], {"method": "layercam", "layer": "layer2"})
+    assert choose_cam_from(plain)[:2] == ("layercam", "layer2")
     assert choose_cam_from(None) == ("gradcam", None, None)
+    # a file this version cannot read counts as absent, not as a traceback
+    assert choose_cam_from({"key": {}, "best": {"method": "gradcam", "layer": "layer3"}}) == ("gradcam", None, None)
+
+
+def test_sweep_of_other_weights_is_not_used(run_dir, tmp_path):
+    run_path = _copy(run_dir, tmp_path / "run")
+    run = load_run(run_path, device="cpu")
+    logits, labels, _ = run.predictions()
+    sweep_run(run, logits, labels, images=SWEEP_N, methods=("gradcam",), seed=0)
+    assert read_sweep(run) is not None
+    data = json.loads((run_path / SWEEP_FILE).read_text())
+    data["key"]["weights"] = "ema"  # as a sweep of the moving average's predictions is keyed
+    (run_path / SWEEP_FILE).write_text(json.dumps(data))
+    assert read_sweep(run) is None
+    (run_path / SWEEP_FILE).write_text('{"key": {}, "rows": "cut short"}')
+    assert read_sweep(run) is None
+
+
+def test_sweep_outside_the_run_folder_writes_nothing_into_it(run_dir, tmp_path):
+    run_path = _copy(run_dir, tmp_path / "run")
+    (run_path / "predictions.pt").unlink(missing_ok=True)
+    before = sorted(p.relative_to(run_path) for p in run_path.rglob("*"))
+    out = tmp_path / "elsewhere"
+    args = [
+        "explain",
+        str(run_path),
+        "--n",
+        "1",
+        "--sweep",
+        "--sweep-images",
+        "3",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    assert cli_main(args) == 0
+    assert sorted(p.relative_to(run_path) for p in run_path.rglob("*")) == before
+    assert (out / "cam_sweep.png").is_file() and json.loads((out / "explain.json").read_text())["sweep"]["images"] == 3
 
 
 def test_explain_sweep_command_and_the_report_use_the_winner(run_dir, tmp_path, capsys):
@@ -181,10 +246,20 @@ def test_explain_sweep_command_and_the_report_use_the_winner(run_dir, tmp_path, 
     rep = make_report(run_path, n=2, preview=0, robust_images=0, device="cpu")
     md = rep.markdown.read_text()
     assert "Which CAM method and layer (sweep)" in md and "random ordering (baseline)" in md
-    assert json.loads((run_path / "report.json").read_text())["gradcam_layer"] == (layer or "layer3")
+    numbers = json.loads((run_path / "report.json").read_text())
+    assert (numbers["cam_method"], numbers["gradcam_layer"]) == (method, layer or "layer3")
+    _, _, why = choose_cam_from(data)
+    assert why in md  # the report says why these maps
     # an explicit method wins over the sweep's choice
     assert cli_main(["explain", str(run_path), "--n", "1", "--method", "hirescam", "--device", "cpu"]) == 0
     assert json.loads((run_path / "explain" / "explain.json").read_text())["method"] == "hirescam"
+
+
+def test_bad_sweep_options_are_refused_before_loading(tmp_path, capsys):
+    assert cli_main(["explain", str(tmp_path / "nowhere"), "--sweep", "--sweep-images", "0"]) == 2
+    assert "--sweep-images = 0" in capsys.readouterr().err
+    assert cli_main(["explain", str(tmp_path / "nowhere"), "--refresh"]) == 2
+    assert "--sweep" in capsys.readouterr().err
 
 
 def test_bad_method_is_refused_before_loading(tmp_path, capsys):

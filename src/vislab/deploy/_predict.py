@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..data import IMAGE_SUFFIXES, decode_file
 from ..errors import ConfigError, DataError
-from ..explain import grad_cam
+from ..explain import grad_cam_targets
 from ..plots import overlay_heatmap, plot_image_grid
 from ..report import LoadedRun, load_run
 from ..rundir import data_info, read_temperature
@@ -166,18 +166,19 @@ def _write_cams(
     paths = []
     for i in range(0, x.shape[0], CAM_BATCH):
         xb = x[i : i + CAM_BATCH]
-        cams = grad_cam(
-            run.model, run.normalize(xb.to(run.device)), preds[i : i + CAM_BATCH].to(run.device), layer=layer
+        res = grad_cam_targets(
+            run.model, run.normalize(xb.to(run.device)), {"p": preds[i : i + CAM_BATCH].to(run.device)}, layer=layer
         )
-        overlays = overlay_heatmap(xb, cams.cpu())  # (n, 3, H, W) uint8
+        grid = f"{res.grid[0]}x{res.grid[1]}"  # the map's native resolution, so a 4x4 map is not read as a fine one
+        overlays = overlay_heatmap(xb, res.maps["p"].cpu())  # (n, 3, H, W) uint8
         for j in range(xb.shape[0]):
             k = i + j
             cls = run.classes[int(preds[k])]
             fig = plot_image_grid(
                 torch.stack([xb[j], overlays[j]]),
-                [files[k].name, f"Grad-CAM: {cls}\np={float(probs[k]):.2f}"],
+                [files[k].name, f"Grad-CAM ({grid}): {cls}\np={float(probs[k]):.2f}"],
                 ncols=2,
-                colorbar="Grad-CAM / the map's own maximum",
+                colorbar=f"Grad-CAM at its native {grid} grid, upsampled / the map's own maximum",
             )
             path = out / _cam_name(files[k], used)
             fig.savefig(path, format="png", dpi=fig.dpi)

@@ -13,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..explain import (
     DELETE_FRACTION,
     cam_targets,
@@ -25,11 +26,12 @@ from ..explain import (
     per_sample_loss,
     resolve_layer,
     select_misclassified,
+    smooth_guided_grad_cam,
 )
 from ..files import atomic_write_text
 from ..plots import plot_gradcam, plot_image_grid, plot_misclassified
 from ._rundir import LoadedRun, load_run
-from ._sweep import SWEEP_IMAGES, choose_cam, choose_cam_from, sweep_figures, sweep_run
+from ._sweep import PIXEL_METHODS, SWEEP_IMAGES, choose_cam, choose_cam_from, read_sweep, sweep_figures, sweep_run
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +125,19 @@ def explain_loaded(
     guided: bool = False,
     page_tiles: int | None = None,
     method: str = "gradcam",
+    pixel_method: str = "guided-gradcam",
+    pixel_layer: str | None = None,
 ) -> Explanation:
     """Everything `explain` shows, from a loaded run and its cached test-set predictions.
 
-    `method`: the CAM method of the maps (vislab.explain.CAM_METHODS). `page_tiles` splits each figure into pages
-    of at most that many image tiles (None: one figure each).
+    `method`: the CAM method of the maps (vislab.explain.CAM_METHODS). `guided` adds the pixel-level map of the
+    predicted class: `pixel_method` "guided-gradcam" or "smooth-guided-gradcam" at `pixel_layer` (default `layer`).
+    `page_tiles` splits each figure into pages of at most that many image tiles (None: one figure each).
     """
+    if pixel_method not in ("guided-gradcam", "smooth-guided-gradcam"):
+        raise ConfigError(
+            f"pixel_method = {pixel_method!r} is not a pixel-level map; choose guided-gradcam or smooth-guided-gradcam."
+        )
     check_method(method)
     check_order(order)
     check_target(target)
@@ -192,11 +201,17 @@ def explain_loaded(
         timings["deletion test (gallery)"] = time.perf_counter() - t0
         if guided:
             t0 = time.perf_counter()
-            attr = guided_grad_cam(run.model, x, preds, layer=layer).cpu()  # (n, C, H, W)
+            pixel_layer = pixel_layer or layer
+            if pixel_method == "smooth-guided-gradcam":
+                attr = smooth_guided_grad_cam(run.model, x, preds, layer=pixel_layer, seed=seed).cpu()
+            else:
+                attr = guided_grad_cam(run.model, x, preds, layer=pixel_layer).cpu()  # (n, C, H, W)
             # signed attributions shown as colour around mid-grey, each image scaled to its own largest |value|
             scale = attr.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
             vis = ((attr / scale) * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
-            titles = [f"guided Grad-CAM\npred: {classes[int(p)]}" for p in preds]
+            cam_grid_size = cam_targets(run.model, x[:1], {"p": preds[:1]}, layer=pixel_layer, upsample=False).grid
+            head = f"{METHOD_NAMES[pixel_method]}\n{layer_name(run.model, pixel_layer)} CAM {cam_grid_size[0]}x{cam_grid_size[1]}"
+            titles = [f"{head}\npred: {classes[int(p)]}" for p in preds]
             pages["guided_gradcam"] = [plot_image_grid(vis[sl], titles[sl], ncols=5) for sl in paged(len(idx), 1)]
             timings["guided grad-cam"] = time.perf_counter() - t0
 
@@ -290,8 +305,8 @@ def explain_run(
     # Checked before the data and the model are loaded, which can take minutes.
     if method is not None:
         check_method(method)
-    if sweep:
-        check_count(sweep_images, "sweep_images")
+    if sweep and (isinstance(sweep_images, bool) or not isinstance(sweep_images, int) or sweep_images < 1):
+        raise ConfigError(f"sweep_images = {sweep_images!r}: the sweep needs a whole number of test images >= 1.")
     check_order(order)
     check_target(target)
     check_count(n, "n")
@@ -312,7 +327,14 @@ def explain_run(
     if sweep_data is not None and method is None and layer is None:
         method, layer, why = choose_cam_from(sweep_data)
     else:
+        if method is None and layer is None:
+            sweep_data = read_sweep(run)
         method, layer, why = choose_cam(run, method, layer)
+    # A pixel-level winner of the sweep is drawn too (the gallery's overlays take the best CAM).
+    best = (sweep_data or {}).get("best") or {}
+    pixel = {}
+    if best.get("method") in PIXEL_METHODS and why is not None:
+        guided, pixel = True, {"pixel_method": best["method"], "pixel_layer": best["layer"]}
     ex = explain_loaded(
         run,
         logits,
@@ -326,6 +348,7 @@ def explain_run(
         guided=guided,
         page_tiles=PAGE_TILES,
         method=method,
+        **pixel,
     )
     timings.update(ex.timings)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -254,7 +254,7 @@ def _sweep_rows(data: dict[str, Any]) -> list[list[Any]]:
     return out
 
 
-def _sweep_section(doc: Document, data: dict[str, Any] | None) -> None:
+def _sweep_section(doc: Document, data: dict[str, Any] | None, why: str | None, chosen: str | None) -> None:
     """Which CAM method and layer are most faithful, from the run's cam_sweep.json (vislab explain --sweep)."""
     doc.heading("Which CAM method and layer (sweep)")
     if not data:
@@ -280,12 +280,8 @@ def _sweep_section(doc: Document, data: dict[str, Any] | None) -> None:
     figs = sweep_figures(data)
     for name, fig in figs.items():
         doc.image(name, fig, "CAM sweep" if name == "cam_sweep.png" else "faithfulness curves")
-    if not data.get("beats_random"):
-        doc.para(
-            f"No combination beats the random ordering's ROAD gap by {data['min_gap_over_random']:g}: on this run no "
-            "map is clearly more faithful than chance, and the gallery keeps Grad-CAM.",
-            note=True,
-        )
+    if chosen is not None:
+        doc.para(f"The maps above are {chosen}, as asked (--method / --layer), not the sweep's choice.", note=True)
 
 
 def _gallery_numbers(logits: torch.Tensor, ex: Explanation) -> tuple[torch.Tensor, torch.Tensor]:
@@ -477,6 +473,7 @@ def make_report(
     stage("confusion matrix", t0)
 
     sweep = read_sweep(run)
+    asked = None if method is None and layer is None else (method, layer)
     if method is None and layer is None:
         method, layer, why = choose_cam_from(sweep)
     else:
@@ -726,7 +723,9 @@ def make_report(
             )
     else:
         doc.para("Not computed (no images).", note=True)
-    _sweep_section(doc, sweep)
+    _sweep_section(
+        doc, sweep, why, None if asked is None else f"{METHOD_NAMES.get(ex.method, ex.method)} at {ex.layer}"
+    )
     stage("gallery and grad-cam sections", t0)
 
     md_path, html_path = folder.run_dir / REPORT_MD, folder.run_dir / REPORT_HTML

@@ -27,7 +27,6 @@ from ..explain import (
     FaithfulnessCurves,
     cam_grid,
     check_count,
-    check_method,
     faithfulness,
     guided_grad_cam,
     pixel_relevance,
@@ -58,10 +57,12 @@ SCORE_WORDS = (
 def check_sweep_methods(methods: Sequence[str] | None) -> tuple[str, ...]:
     if methods is None:
         return SWEEP_METHODS
+    if isinstance(methods, str):
+        raise ConfigError(f"methods = {methods!r}: give a list of method names, e.g. [{methods!r}].")
     out = []
     for m in methods:
-        if m not in PIXEL_METHODS:
-            check_method(m)
+        if m not in SWEEP_METHODS:
+            raise ConfigError(f"methods: {m!r} is not a sweep method; choose from {', '.join(SWEEP_METHODS)}.")
         out.append(m)
     if not out:
         raise ConfigError(f"methods: give at least one of {', '.join(SWEEP_METHODS)}.")
@@ -138,7 +139,7 @@ def sweep_loaded(
     if images < 1:
         raise ConfigError("images = 0: the sweep needs at least one test image.")
     methods = check_sweep_methods(methods)
-    layers = tuple(layers) if layers else get_cam_layers(run.model)
+    layers = _layers(run, layers)
     timings: dict[str, float] = {}
     idx = balanced_indices(labels, min(images, labels.numel()), run.dataset.num_classes)
     idx = torch.as_tensor(idx, dtype=torch.long)
@@ -173,6 +174,40 @@ def sweep_loaded(
     return Sweep(rows, random, idx, seed, best, beats, timings)
 
 
+def _layers(run: LoadedRun, layers: Sequence[str] | None) -> tuple[str, ...]:
+    if isinstance(layers, str):
+        raise ConfigError(f"layers = {layers!r}: give a list of layer names, e.g. [{layers!r}].")
+    return tuple(layers) if layers else get_cam_layers(run.model)
+
+
+SWEEP_SETTINGS = ("images", "methods", "layers", "seed")  # the key's entries beside the checkpoint's prediction key
+
+
+def _well_formed(data: Any) -> bool:
+    """A cam_sweep.json this version can read: anything else (older, edited, cut short) counts as absent."""
+    if not isinstance(data, dict) or not isinstance(data.get("key"), dict):
+        return False
+    rows, rnd = data.get("rows"), data.get("random")
+    row_keys = (
+        "method",
+        "layer",
+        "grid",
+        "road_gap",
+        "deletion_auc",
+        "insertion_auc",
+        "road_morf_auc",
+        "road_lerf_auc",
+    )
+    return (
+        isinstance(rows, list)
+        and all(isinstance(r, dict) and all(k in r for k in row_keys) for r in rows)
+        and isinstance(rnd, dict)
+        and isinstance(rnd.get("road_gap"), (int, float))
+        and isinstance(data.get("images"), int)
+        and isinstance(data.get("min_gap_over_random"), (int, float))
+    )
+
+
 def sweep_key(run: LoadedRun, images: int, methods: Sequence[str], layers: Sequence[str], seed: int) -> dict:
     return {**run.prediction_key, "images": images, "methods": list(methods), "layers": list(layers), "seed": seed}
 
@@ -180,12 +215,11 @@ def sweep_key(run: LoadedRun, images: int, methods: Sequence[str], layers: Seque
 def read_sweep(run: LoadedRun) -> dict[str, Any] | None:
     """The cached sweep of this checkpoint and test set (any sample settings), or None."""
     data = read_json(run.folder.run_dir / SWEEP_FILE)
-    if not isinstance(data, dict) or not isinstance(data.get("key"), dict):
+    if not _well_formed(data):
         return None
-    key = data["key"]
-    if any(key.get(k) != v for k, v in run.prediction_key.items()):
-        return None
-    return data
+    # Both ways: a sweep of the EMA weights (whose key names them) is not one of the raw weights, and back.
+    made_for = {k: v for k, v in data["key"].items() if k not in SWEEP_SETTINGS}
+    return data if made_for == run.prediction_key else None
 
 
 def sweep_figures(data: dict[str, Any]) -> dict[str, Figure]:
@@ -197,7 +231,7 @@ def sweep_figures(data: dict[str, Any]) -> dict[str, Figure]:
     if best:
         pick = [r for r in rows if r["method"] == best["method"] and r["layer"] == best["layer"]]
         pick += [r for r in rows if r["method"] == "gradcam" and r not in pick][-1:]  # Grad-CAM at the deepest layer
-        curves = {f"{r['method']} @ {r['layer']}": r for r in pick}
+        curves = {f"{r['method']} @ {r['layer']} ({'x'.join(map(str, r['grid']))})": r for r in pick}
         figs["cam_sweep_curves.png"] = plot_faithfulness(curves, random=data["random"])
     return figs
 
@@ -223,10 +257,10 @@ def sweep_run(
     """The sweep's JSON (from cam_sweep.json when it fits these settings, else computed and, with `save`, cached)
     and the Sweep object when it was computed here (None when read from the cache)."""
     methods = check_sweep_methods(methods)
-    layers = tuple(layers) if layers else get_cam_layers(run.model)
+    layers = _layers(run, layers)
     key = sweep_key(run, images, methods, layers, seed)
     cached = None if refresh else read_json(run.folder.run_dir / SWEEP_FILE)
-    if isinstance(cached, dict) and cached.get("key") == key:
+    if _well_formed(cached) and cached.get("key") == key:
         return cached, None
     sweep = sweep_loaded(run, logits, labels, images=images, methods=methods, layers=layers, seed=seed)
     data = {"key": key, **sweep.as_dict()}
@@ -246,32 +280,47 @@ def choose_cam(run: LoadedRun, method: str | None, layer: str | None) -> tuple[s
     return choose_cam_from(read_sweep(run))
 
 
+def _rank(row: dict[str, Any]) -> tuple[float, float]:
+    """The sweep's order: ROAD gap, then insertion minus deletion (as sweep_loaded picks `best`)."""
+    return (float(row["road_gap"]), float(row.get("score", float("-inf"))))
+
+
 def choose_cam_from(data: dict[str, Any] | None) -> tuple[str, str | None, str | None]:
-    """(method, layer, why) from a sweep's JSON (None: Grad-CAM at the registered layer, no reason to give)."""
-    best = data.get("best") if data else None
-    if not best:
+    """(method, layer, why) from a sweep's JSON (None or malformed: Grad-CAM at the registered layer, no reason to give).
+
+    The gallery overlays a CAM, so it takes the best CAM row (a pixel-level winner is named in `why`); that row must
+    beat the random ordering's ROAD gap by the sweep's margin, else Grad-CAM at the registered layer, said so."""
+    if not _well_formed(data):
         return "gradcam", None, None
-    row = next((r for r in data["rows"] if r["method"] == best["method"] and r["layer"] == best["layer"]), None)
-    if row is None:
+    assert data is not None
+    rnd, margin, images = float(data["random"]["road_gap"]), float(data["min_gap_over_random"]), data["images"]
+    cams = [r for r in data["rows"] if r["method"] not in PIXEL_METHODS and math.isfinite(float(r["road_gap"]))]
+    if not cams:
         return "gradcam", None, None
-    if best["method"] in PIXEL_METHODS:
-        # The gallery draws CAM overlays; a pixel-level map wins the sweep through its CAM at that layer.
-        cams = [r for r in data["rows"] if r["method"] not in PIXEL_METHODS]
-        row = max(cams, key=lambda r: r["road_gap"]) if cams else None
-        if row is None:
-            return "gradcam", None, None
-    if not data.get("beats_random"):
+    row = max(cams, key=_rank)
+    best = data.get("best") or {}
+    pixel = next(
+        (r for r in data["rows"] if r["method"] == best.get("method") and r["layer"] == best.get("layer")), None
+    )
+    note = ""
+    if pixel is not None and pixel["method"] in PIXEL_METHODS:
+        note = (
+            f" The most faithful map of the sweep is the pixel-level {pixel['method']} at {pixel['layer']} (ROAD gap "
+            f"{pixel['road_gap']:.3f}); the gallery overlays a CAM, so it shows the best CAM (`vislab explain --guided` "
+            "draws the pixel-level map)."
+        )
+    if row["road_gap"] - rnd < margin:
         return (
             "gradcam",
             None,
-            f"The CAM sweep (cam_sweep.json, {data['images']} test images) found no method and layer whose ROAD gap "
-            f"beats the random ordering's ({data['random']['road_gap']:.3f}) by {data['min_gap_over_random']:g}, so "
-            "the gallery keeps Grad-CAM at the model's registered layer.",
+            f"The CAM sweep (cam_sweep.json, {images} test images) found no CAM method and layer whose ROAD gap beats the "
+            f"random ordering's ({rnd:.3f}) by {margin:g}, so the gallery keeps Grad-CAM at the model's registered layer."
+            + note,
         )
     return (
         row["method"],
         row["layer"],
         f"{row['method']} at {row['layer']} ({'x'.join(map(str, row['grid']))} grid) is the most faithful CAM of the "
-        f"sweep (cam_sweep.json): ROAD gap {row['road_gap']:.3f} against {data['random']['road_gap']:.3f} for a "
-        f"random ordering, on {data['images']} class-balanced test images.",
+        f"sweep (cam_sweep.json): ROAD gap {row['road_gap']:.3f} against {rnd:.3f} for a random ordering, on "
+        f"{images} class-balanced test images." + note,
     )

@@ -70,12 +70,12 @@ def _add_load_options(p: argparse.ArgumentParser, verb: str) -> None:
     )
 
 
-def _check_n(n: int, least: int, allowed: str) -> None:
+def _check_n(n: int, least: int, allowed: str, flag: str = "--n") -> None:
     # Before the data and the model are loaded: a typo should not cost the minutes those take.
     from ..errors import ConfigError
 
     if n < least:
-        raise ConfigError(f"--n = {n}: {allowed}.")
+        raise ConfigError(f"{flag} = {n}: {allowed}.")
 
 
 @contextmanager
@@ -135,6 +135,17 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from ._explain import PAGE_TILES, explain_run
 
     _check_n(args.n, 1, "give the number of misclassified images to explain, a whole number >= 1")
+    if args.sweep:
+        _check_n(
+            args.sweep_images,
+            1,
+            "give the number of test images the sweep scores, a whole number >= 1",
+            "--sweep-images",
+        )
+    elif args.refresh:
+        from ..errors import ConfigError
+
+        raise ConfigError("--refresh recomputes the CAM sweep: give it together with --sweep.")
     setup_logging()
     with _naming_data_root(args):
         res = explain_run(
