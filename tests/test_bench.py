@@ -323,10 +323,16 @@ def test_time_to_accuracy_row_trains_both_recipes_on_the_same_data(tmp_path, ima
     tiny = {k: v for k, v in tiny_config(imagefolder, tmp_path / "cache").items() if not k.startswith("data.")}
     tiny.pop("model.name")  # each recipe keeps its own model
     tiny["model.width"] = 0.125
-    res = bench_time_to_accuracy(tmp_path / "out", imagefolder, device=CPU, baseline=baseline, overrides=tiny)
+    candidate = tmp_path / "new-quick.yaml"  # a recipe given as a file, as the candidates of issue 14 were
+    candidate.write_text("recipe: quick\n")
+    res = bench_time_to_accuracy(
+        tmp_path / "out", imagefolder, device=CPU, recipe=str(candidate), baseline=baseline, overrides=tiny
+    )
     runs = res["runs"]
-    assert set(runs) == {"quick", "baseline"} and runs["baseline"]["source"] == str(baseline)
-    assert runs["quick"]["epochs"] == 2 and runs["baseline"]["epochs"] == 2  # the overrides go to both
+    assert set(runs) == {str(candidate), "baseline"} and runs["baseline"]["source"] == str(baseline)
+    assert (tmp_path / "out" / "time_to_accuracy" / "new-quick").is_dir()
+    assert (tmp_path / "out" / "time_to_accuracy" / "baseline").is_dir()
+    assert runs[str(candidate)]["epochs"] == 2 and runs["baseline"]["epochs"] == 2  # the overrides go to both
     for r in runs.values():
         assert (tmp_path / "out" / "time_to_accuracy").is_dir()
         assert len(r["curve"]) == r["epochs"]

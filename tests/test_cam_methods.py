@@ -11,7 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from vislab.errors import ConfigError
-from vislab.explain import CAM_METHODS, cam, cam_grid, cam_targets, check_method
+from vislab.explain import (
+    CAM_METHODS,
+    cam,
+    cam_grid,
+    cam_targets,
+    check_method,
+    guided_grad_cam,
+    smooth_guided_grad_cam,
+)
 from vislab.models import create_model, get_cam_layers, list_models
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -306,6 +314,11 @@ def test_hooks_released_and_model_state_unchanged(method):
     cam_grid(model, x, {"a": t}, methods=[method, "gradcam"], layers=("layer2", "layer3"))
     with pytest.raises(ConfigError, match="target"):
         cam(model, x, torch.tensor([1, 99]), method=method)  # fails after the hooks are in place
+    with pytest.raises(ConfigError, match="layer"):
+        cam(model, x, t, method=method, layer="layer9")
+    if method == "gradcam":  # the pixel-level maps on top of it: captum's hooks on every ReLU come off too
+        guided_grad_cam(model, x, t)
+        smooth_guided_grad_cam(model, x, t, samples=2)
     # Score-CAM's second forward is its first masked pass; the others make a single forward.
     for at in (1, 2) if method == "scorecam" else (1,):
         fail = _FailAt(at)

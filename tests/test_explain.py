@@ -148,45 +148,6 @@ def test_predicted_and_actual_targets_give_their_own_maps(trained):
     torch.testing.assert_close(res.logits, model(x).detach())
 
 
-def _hook_count(model: nn.Module) -> int:
-    return sum(
-        len(m._forward_hooks)
-        + len(m._forward_pre_hooks)
-        + len(m._backward_hooks)
-        + len(getattr(m, "_backward_pre_hooks", {}))
-        for m in model.modules()
-    )
-
-
-def test_hooks_released_and_model_state_unchanged():
-    torch.manual_seed(0)
-    model = create_model("resnet9", num_classes=10, width=0.125)
-    model.train()
-    model.layer1.eval()  # a mixed-mode model: every module's own flag must come back
-    model.prep[0].weight.requires_grad_(False)
-    model.fc.weight.grad = torch.full_like(model.fc.weight, 0.5)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    modes = [m.training for m in model.modules()]
-    hooks = _hook_count(model)
-    x = torch.randn(4, 3, 32, 32)
-    t = torch.tensor([1, 2, 3, 4])
-
-    grad_cam_targets(model, x, {"a": t, "b": t.flip(0)})
-    guided_grad_cam(model, x, t)
-    with pytest.raises(ConfigError, match="target"):
-        grad_cam(model, x, torch.tensor([1, 2, 3, 99]))  # fails after the hook is in place
-    with pytest.raises(ConfigError, match="layer"):
-        grad_cam(model, x, t, layer="layer9")
-
-    assert _hook_count(model) == hooks
-    assert [m.training for m in model.modules()] == modes
-    assert not model.prep[0].weight.requires_grad and model.fc.weight.requires_grad
-    assert torch.equal(model.fc.weight.grad, torch.full_like(model.fc.weight, 0.5))
-    assert all(p.grad is None for n, p in model.named_parameters() if n != "fc.weight")
-    after = model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm running stats included
-
-
 def test_grad_cam_under_inference_mode_with_frozen_model():
     torch.manual_seed(0)
     model = create_model("resnet9", num_classes=10, width=0.125).eval().requires_grad_(False)

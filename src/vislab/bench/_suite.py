@@ -669,8 +669,9 @@ def bench_time_to_accuracy(
     runs: dict[str, Any] = {}
     for name, source in ((recipe, recipe), ("baseline", str(base_path))):
         log.info("bench: training %s to completion for the time-to-accuracy row", source)
+        folder = "baseline" if name == "baseline" else Path(name).stem  # a recipe may be given as a file path
         try:
-            run = train(source, common, out=None if out is None else out / "time_to_accuracy" / name)
+            run = train(source, common, out=None if out is None else out / "time_to_accuracy" / folder)
         except VislabError as e:  # e.g. no CIFAR-10 on an offline machine: say so, keep the other figures
             return {"skipped": str(e)}
         s = run.summary
