@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+import vislab
+
+# Child processes (`python -m vislab`, torchrun's workers) must import the vislab under test. With a relative
+# PYTHONPATH (PYTHONPATH=src) a child started in a temporary folder no longer finds it and silently imports
+# whatever copy an editable install points at (another checkout sharing the venv): its recipes and code then
+# differ from the test process's. The absolute source folder goes first on every child's path.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [
+        str(Path(vislab.__file__).resolve().parent.parent),
+        *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+    ]
+)
 
 CLASSES = ("alpha", "beta", "gamma")
 SIZE = 16

@@ -140,6 +140,19 @@ def _assert_same_run(a: Path, b: Path) -> None:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 
 
+def test_child_processes_import_the_vislab_under_test(tmp_path):
+    # The parity tests compare a torchrun child with this process: both must run the same code and recipes.
+    r = subprocess.run(
+        [sys.executable, "-c", "import vislab; print(vislab.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=ENV,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert Path(r.stdout.strip()).resolve() == Path(vislab.__file__).resolve()
+
+
 def test_two_processes_match_one_and_only_rank0_writes(ddp_overrides, tmp_path):
     r = _torchrun(["train", "quick", *_sets(ddp_overrides), "--out", str(tmp_path / "two")], cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
