@@ -31,7 +31,7 @@ from ..explain import (
 from ..files import atomic_write_text
 from ..plots import plot_gradcam, plot_image_grid, plot_misclassified
 from ._rundir import LoadedRun, load_run
-from ._sweep import PIXEL_METHODS, SWEEP_IMAGES, choose_cam, choose_cam_from, read_sweep, sweep_figures, sweep_run
+from ._sweep import PIXEL_METHODS, SWEEP_IMAGES, choose_cam_from, read_sweep, sweep_figures, sweep_run
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,11 @@ def explain_loaded(
             # signed attributions shown as colour around mid-grey, each image scaled to its own largest |value|
             scale = attr.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
             vis = ((attr / scale) * 127.5 + 127.5).round().clamp(0, 255).to(torch.uint8)
-            cam_grid_size = cam_targets(run.model, x[:1], {"p": preds[:1]}, layer=pixel_layer, upsample=False).grid
+            cam_grid_size = (
+                grid
+                if layer_name(run.model, pixel_layer) == name
+                else cam_targets(run.model, x[:1], {"p": preds[:1]}, layer=pixel_layer, upsample=False).grid
+            )  # the gallery's grid when the pixel map multiplies the same layer's CAM: no extra forward
             head = f"{METHOD_NAMES[pixel_method]}\n{layer_name(run.model, pixel_layer)} CAM {cam_grid_size[0]}x{cam_grid_size[1]}"
             titles = [f"{head}\npred: {classes[int(p)]}" for p in preds]
             pages["guided_gradcam"] = [plot_image_grid(vis[sl], titles[sl], ncols=5) for sl in paged(len(idx), 1)]
@@ -324,12 +328,11 @@ def explain_run(
         t0 = time.perf_counter()
         sweep_data, swept = sweep_run(run, logits, labels, images=sweep_images, seed=seed, refresh=refresh, save=inside)
         timings["CAM sweep (cached)" if swept is None else "CAM sweep"] = time.perf_counter() - t0
-    if sweep_data is not None and method is None and layer is None:
+    if method is None and layer is None:
+        sweep_data = sweep_data if sweep_data is not None else read_sweep(run)  # cam_sweep.json read once
         method, layer, why = choose_cam_from(sweep_data)
     else:
-        if method is None and layer is None:
-            sweep_data = read_sweep(run)
-        method, layer, why = choose_cam(run, method, layer)
+        method, why = method or "gradcam", None
     # A pixel-level winner of the sweep is drawn too (the gallery's overlays take the best CAM).
     best = (sweep_data or {}).get("best") or {}
     pixel = {}

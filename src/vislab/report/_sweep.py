@@ -272,14 +272,6 @@ def sweep_run(
     return data, sweep
 
 
-def choose_cam(run: LoadedRun, method: str | None, layer: str | None) -> tuple[str, str | None, str | None]:
-    """(method, layer, why): what the user asked for; else the cached sweep's most faithful combination; else
-    Grad-CAM at the model's registered layer. `why` is a sentence for the report (None when the user chose)."""
-    if method is not None or layer is not None:
-        return method or "gradcam", layer, None
-    return choose_cam_from(read_sweep(run))
-
-
 def _rank(row: dict[str, Any]) -> tuple[float, float]:
     """The sweep's order: ROAD gap, then insertion minus deletion (as sweep_loaded picks `best`)."""
     return (float(row["road_gap"]), float(row.get("score", float("-inf"))))
