@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -96,3 +97,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def vislab_log(caplog):
+    """caplog for vislab's loggers, which stop propagating to the root logger once a run has set up logging."""
+    logger = logging.getLogger("vislab")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="vislab")
+    yield caplog
+    logger.removeHandler(caplog.handler)

@@ -8,7 +8,6 @@ everything else runs for real. No CUDA path has been run on a GPU by these tests
 
 from __future__ import annotations
 
-import logging
 import warnings
 from pathlib import Path
 
@@ -69,16 +68,6 @@ def fake_gpus(monkeypatch):
         return set_states
 
     return install
-
-
-@pytest.fixture
-def vislab_log(caplog):
-    """caplog for vislab's loggers, which stop propagating to the root logger once a run has set up logging."""
-    logger = logging.getLogger("vislab")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="vislab")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 # -- item 1: a checkpoint loads its state on the CPU, whatever device it is loaded for -------------

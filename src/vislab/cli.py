@@ -464,7 +464,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     except Interrupted as e:
         where = f" --resume {e.run_dir}" if getattr(e, "run_dir", None) else " --resume RUN_DIR"
-        print(f"vislab: {e}; the completed epochs are saved. Continue with: vislab train{where}", file=sys.stderr)
+        saved = (
+            "the run is saved up to that step (checkpoints/interrupted), and a resume continues from it"
+            if e.mid_epoch
+            else "the completed epochs are saved"
+        )
+        print(f"vislab: {e}; {saved}. Continue with: vislab train{where}", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print("vislab: interrupted", file=sys.stderr)

@@ -20,9 +20,10 @@ class TrainingDiverged(VislabError):
 class Interrupted(Exception):
     """Training stopped on SIGINT / SIGTERM after finishing the step in progress (CLI exit 128 + signum)."""
 
-    def __init__(self, signum: int, epoch: int, step: int):
+    def __init__(self, signum: int, epoch: int, step: int, *, mid_epoch: bool = False):
         import signal
 
-        self.signum, self.epoch, self.step = signum, epoch, step
+        # step: steps of the epoch done; mid_epoch: a resume continues after that step (else from the epoch's start)
+        self.signum, self.epoch, self.step, self.mid_epoch = signum, epoch, step, mid_epoch
         self.run_dir: str | None = None  # filled in by vislab.train
         super().__init__(f"{signal.Signals(signum).name} received in epoch {epoch} after step {step}")

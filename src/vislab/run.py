@@ -34,7 +34,6 @@ from .build import (
 )
 from .config import Config, config_to_yaml, load_config
 from .engine import (
-    LAST,
     Callback,
     Checkpointer,
     DistInfo,
@@ -45,16 +44,15 @@ from .engine import (
     Trainer,
     best_row,
     broadcast_object,
-    checkpoint_exists,
     create_optimizer,
     create_scheduler,
     init_distributed,
     launched_by_torchrun,
-    load_checkpoint,
     onecycle_peak_fraction,
     resolve_channels_last,
     resolve_device,
     resolve_precision,
+    resume_checkpoint,
     shutdown,
 )
 from .env import determinism, device_name, setup_logging, versions
@@ -356,17 +354,28 @@ def train(
             ema=ModelEma(model, t.ema_decay, warmup=t.ema_warmup) if t.ema_decay is not None else None,
             mix=build_mixer(cfg.augment, gen),
             mix_off_epochs=cfg.augment.mix_off_epochs,
+            checkpoint_seconds=60 * t.checkpoint_minutes if t.checkpoint_minutes is not None else None,
         )
         if resume is not None:
-            if checkpoint_exists(ckpt_dir / LAST):
-                state = load_checkpoint(ckpt_dir / LAST, map_location=device)
+            state, source = resume_checkpoint(ckpt_dir, map_location=device)
+            if state is not None:
                 try:
                     trainer.load_state_dict(state)
                 except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
                     raise VislabError(
                         f"--resume {str(run_dir)!r}: the checkpoint does not fit the run's config.yaml ({str(e).splitlines()[0][:160]}); was config.yaml edited? Start a new run instead."
                     ) from None
-                log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, t.epochs)
+                if trainer.partial is not None:
+                    log.info(
+                        "resuming %s inside epoch %d of %d, after its step %d (checkpoints/%s)",
+                        run_dir,
+                        trainer.epoch + 1,
+                        t.epochs,
+                        trainer.partial["totals"]["batches"],
+                        source,
+                    )
+                else:
+                    log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, t.epochs)
             else:
                 log.info("resuming %s from the start: it stopped before its first epoch ended", run_dir)
             # Rows of an epoch whose checkpoint never landed are dropped: that epoch runs again.

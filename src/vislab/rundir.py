@@ -283,6 +283,7 @@ RESUME_OVERRIDABLE = {
     "trainer.loggers",
     "trainer.tta",
     "trainer.log_every_n_steps",
+    "trainer.checkpoint_minutes",
 }
 
 

@@ -182,6 +182,9 @@ class TrainerConfig(_Section):
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     loggers: list[LoggerName] = []  # also write the metrics to: tensorboard (event files in <run>/tensorboard/)
     log_every_n_steps: int = Field(50, gt=0)  # loggers: training loss and LR every this many optimizer steps
+    # Also save checkpoints/partial inside an epoch every this many minutes (tensor backend): a killed run then
+    # resumes from there, exactly, instead of repeating the whole epoch. None: at epoch ends only.
+    checkpoint_minutes: float | None = Field(None, gt=0.0)
 
     @field_validator("loggers", mode="before")
     @classmethod
@@ -253,6 +256,12 @@ class Config(_Section):
                         f"{field} = {metric} needs a validation split: set data.val_size (e.g. 5000 images held out of train), or monitor test_loss / test_acc"
                     )
         a = self.augment
+        if self.trainer.checkpoint_minutes is not None and a.backend != "tensor":
+            raise ValueError(
+                f"trainer.checkpoint_minutes = {self.trainer.checkpoint_minutes:g} saves checkpoints inside an epoch, which only "
+                f"the tensor backend can resume exactly (it saves its data order and position); augment.backend = {a.backend}. "
+                "Use augment.backend=tensor (the default), or trainer.checkpoint_minutes=null (checkpoints at epoch ends)"
+            )
         if (a.mixup_alpha or a.cutmix_alpha) and a.mix_off_epochs >= epochs:
             raise ValueError(
                 f"augment.mix_off_epochs = {a.mix_off_epochs} switches MixUp / CutMix off for the last {a.mix_off_epochs} "

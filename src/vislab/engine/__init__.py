@@ -4,7 +4,19 @@ from ._device import Precision, resolve_channels_last, resolve_device, resolve_p
 from ._dist import DistInfo, broadcast_object, init_distributed, launched_by_torchrun, shutdown
 from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 from .ema import ModelEma, ema_decay_at
-from .hooks import BEST, INTERRUPTED, LAST, Callback, Checkpointer, LRMonitor, MetricsLogger, best_row, metric_mode
+from .hooks import (
+    BEST,
+    INTERRUPTED,
+    LAST,
+    PARTIAL,
+    Callback,
+    Checkpointer,
+    LRMonitor,
+    MetricsLogger,
+    best_row,
+    metric_mode,
+    resume_checkpoint,
+)
 from .loaders import DeviceLoader
 from .loggers import TensorBoardLogger
 from .optim import (
@@ -22,6 +34,7 @@ from .trainer import Trainer, TrainingDiverged, evaluate, train_one_epoch
 __all__ = [
     "BEST",
     "INTERRUPTED",
+    "PARTIAL",
     "LAST",
     "DistInfo",
     "best_row",
@@ -55,6 +68,7 @@ __all__ = [
     "resolve_channels_last",
     "resolve_device",
     "resolve_precision",
+    "resume_checkpoint",
     "save_checkpoint",
     "train_one_epoch",
 ]

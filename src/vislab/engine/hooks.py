@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..files import atomic_write_text, write_jsonl
-from .checkpoint import save_checkpoint
+from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -59,8 +59,9 @@ class LRMonitor(Callback):
             atomic_write_text(self.path, json.dumps(trainer.lr_steps))
 
 
-# Checkpoint folders inside a run's checkpoints/ folder.
-BEST, LAST, INTERRUPTED = "best", "last", "interrupted"
+# Checkpoint folders inside a run's checkpoints/ folder. `partial`: saved inside an epoch every
+# trainer.checkpoint_minutes, so that a killed run resumes from there; gone once that epoch has ended.
+BEST, LAST, INTERRUPTED, PARTIAL = "best", "last", "interrupted", "partial"
 
 
 def metric_mode(metric: str) -> str:
@@ -103,9 +104,36 @@ class Checkpointer(Callback):
         if improved:
             save_checkpoint(self.folder / BEST, state)
         save_checkpoint(self.folder / LAST, state)
-        # An `interrupted` checkpoint is from a stop inside an epoch that a resumed run has now completed
-        # again (one run never saves `last` after its own interrupt): it is stale, and would mislead.
-        stale = self.folder / INTERRUPTED
-        if stale.exists():
-            shutil.rmtree(stale, ignore_errors=True)
-            log.info("removed %s: the resumed run has gone past it", stale)
+        # `partial` and `interrupted` checkpoints are from inside an epoch that has now ended (one run never
+        # saves `last` after its own interrupt): they are stale, and would mislead.
+        for name in (PARTIAL, INTERRUPTED):
+            stale = self.folder / name
+            if stale.exists():
+                shutil.rmtree(stale, ignore_errors=True)
+                if name == INTERRUPTED:
+                    log.info("removed %s: the resumed run has gone past it", stale)
+
+
+def resume_checkpoint(
+    folder: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(state, name) of the checkpoint a resumed run continues from, or (None, None) when there is none yet.
+
+    That is the latest of: `last` (the end of the last complete epoch) and the mid-epoch checkpoints
+    (`partial`, saved every trainer.checkpoint_minutes; `interrupted`, saved on SIGINT / SIGTERM) taken
+    inside the epoch after it, which carry the loader's position and the epoch's running sums. A
+    mid-epoch checkpoint from an earlier epoch, or without a position, is not resumed from.
+    """
+    folder = Path(folder)
+    best: tuple[dict[str, Any] | None, str | None] = (None, None)
+    if checkpoint_exists(folder / LAST):
+        best = (load_checkpoint(folder / LAST, map_location=map_location), LAST)
+    epoch = int(best[0]["epoch"]) if best[0] is not None else 0
+    step = int(best[0]["global_step"]) if best[0] is not None else 0
+    for name in (PARTIAL, INTERRUPTED):
+        if not checkpoint_exists(folder / name):
+            continue
+        state = load_checkpoint(folder / name, map_location=map_location)
+        if "partial" in state and int(state["epoch"]) == epoch and int(state["global_step"]) > step:
+            best, step = (state, name), int(state["global_step"])
+    return best

@@ -49,6 +49,29 @@ class DeviceLoader:
         self.generator = generator
         self.rank, self.world_size = rank, world_size
         self.set_epoch(epoch)
+        self._order: torch.Tensor | None = None  # the pass in progress: its order and how many batches it gave
+        self._given = 0
+        self._resume: tuple[torch.Tensor, int] | None = None
+
+    def position(self) -> dict:
+        """Where the pass in progress stands: its image order and how many batches it has given.
+
+        With the generator's state (saved with the run) this is all a resumed run needs to give the rest of
+        the epoch's batches exactly as the interrupted pass would have (`resume_from`).
+        """
+        if self._order is None:
+            raise RuntimeError("position() is only defined while a pass over the loader is in progress")
+        return {"order": self._order.to("cpu"), "batch": self._given}
+
+    def resume_from(self, position: dict) -> None:
+        """Make the next pass continue a saved `position`: the same order, from its next batch, drawing nothing new."""
+        order, start = position["order"], int(position["batch"])
+        if order.shape != (self.x.shape[0],) or not 0 <= start <= len(self):
+            raise ValueError(
+                f"the saved loader position (order of {order.numel()} images, batch {start}) does not fit this loader "
+                f"({self.x.shape[0]} images, {len(self)} batches)"
+            )
+        self._resume = (order.to(self.x.device), start)
 
     def set_epoch(self, epoch: int) -> None:
         """The 0-based epoch the next pass over the loader runs as."""
@@ -64,14 +87,20 @@ class DeviceLoader:
         n = self.x.shape[0]
         epoch, self.epoch = self.epoch, self.epoch + 1
         indexed = getattr(self.transform, "needs_index", False)
-        if self.shuffle:
+        start = 0
+        if self._resume is not None:
+            (order, start), self._resume = self._resume, None
+        elif self.shuffle:
             gen_device = self.generator.device if self.generator is not None else torch.device("cpu")
             order = torch.randperm(n, generator=self.generator, device=gen_device).to(self.x.device)
         else:
             order = torch.arange(n, device=self.x.device)
-        for i in range(len(self)):
+        self._order = order
+        for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             kwargs = {"index": idx, "epoch": epoch} if indexed else {}
+            # Counted before the batch is drawn: while the caller works on batch i, i + 1 batches are given.
+            self._given = i + 1
             if self.world_size == 1:
                 yield self.transform(self.x[idx], self.generator, **kwargs), self.y[idx]
                 continue

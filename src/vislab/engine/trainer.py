@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,9 @@ from torch import nn
 from ..errors import Interrupted, TrainingDiverged, VislabError
 from ._device import Precision
 from ._dist import reduce_sums
-from .checkpoint import nonfinite_tensors, rng_state, set_rng_state
+from .checkpoint import nonfinite_tensors, rng_state, save_checkpoint, set_rng_state
 from .ema import ModelEma
-from .hooks import INTERRUPTED, Callback
+from .hooks import INTERRUPTED, PARTIAL, Callback
 from .optim import Scheduler
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,52 @@ def _stop_on_signals(trainer: Trainer):
             signal.signal(sig, prev)
 
 
-def _progress(iterable: Iterable, total: int, desc: str, enabled: bool):
+def _progress(iterable: Iterable, total: int, desc: str, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm  # notebook-aware bar
 
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True)
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True, initial=initial)
+
+
+@dataclass
+class EpochTotals:
+    """The running sums of an epoch in progress, kept on the device; saved by mid-epoch checkpoints."""
+
+    loss_sum: torch.Tensor  # float64: sum over samples of the minimised loss
+    ce_sum: torch.Tensor  # float64: sum of the plain cross-entropy
+    correct: torch.Tensor  # int64: correct predictions (unmixed batches)
+    correct_mixed: torch.Tensor  # float64: lam-weighted agreement, under MixUp / CutMix
+    first_bad: torch.Tensor  # int64: the first step of the epoch with a non-finite loss, or -1
+    seen: int = 0  # samples
+    batches: int = 0  # steps of the epoch done
+    lr: float = float("nan")  # the LR of the last step
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> EpochTotals:
+        f64 = {"device": device, "dtype": torch.float64}
+        i64 = {"device": device, "dtype": torch.int64}
+        return cls(
+            torch.zeros((), **f64),
+            torch.zeros((), **f64),
+            torch.zeros((), **i64),
+            torch.zeros((), **f64),
+            torch.full((), -1, **i64),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **{
+                k: getattr(self, k).detach().to("cpu")
+                for k in ("loss_sum", "ce_sum", "correct", "correct_mixed", "first_bad")
+            },
+            "seen": self.seen,
+            "batches": self.batches,
+            "lr": self.lr,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochTotals:
+        tensors = {k: state[k].to(device) for k in ("loss_sum", "ce_sum", "correct", "correct_mixed", "first_bad")}
+        return cls(**tensors, seen=int(state["seen"]), batches=int(state["batches"]), lr=float(state["lr"]))
 
 
 def _l1_penalty(model: nn.Module) -> torch.Tensor:
@@ -91,6 +134,8 @@ def train_one_epoch(
     desc: str = "train",
     stop_on_nonfinite: bool = True,
     mix: Mixer | None = None,
+    totals: EpochTotals | None = None,
+    after_batch: Callable[[EpochTotals], None] | None = None,
 ) -> dict[str, float]:
     """One pass over `loader`; returns mean per-sample train loss, accuracy (%) and the LR of its last step.
 
@@ -108,22 +153,23 @@ def train_one_epoch(
     `mix(x, y) -> (x_mixed, y_a, y_b, lam)` (MixUp / CutMix) mixes each batch after augmentation; the loss
     is then lam * CE(y_a) + (1 - lam) * CE(y_b), and train_acc is the lam-weighted agreement with y_a and
     y_b, an accuracy on mixed data (the row says so with train_mixed).
+
+    `totals` continues an epoch that a resumed run had begun (the loader then gives only the rest of its
+    batches); `after_batch(totals)` is called after every step, the callbacks included, with the epoch's
+    running sums (the trainer's mid-epoch checkpoints save them).
     """
     model.train()
     # Sums stay on the device (no host sync per step) and become Python floats once per epoch;
-    # they are detached, so no autograd graph is kept alive.
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    ce_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.int64)
-    correct_mixed = torch.zeros((), device=device, dtype=torch.float64)  # lam-weighted, under MixUp / CutMix
-    first_bad = torch.full((), -1, device=device, dtype=torch.int64)  # first step with a non-finite loss
-    seen = 0
-    lrs: list[float] = []
+    # they are detached, so no autograd graph is kept alive. `totals` carries them over from a run
+    # resumed inside this epoch.
+    t = totals if totals is not None else EpochTotals.zeros(device)
+    start = t.batches
+    lrs: list[float] = []  # LRs of this call's steps, from batch `start` on
     last_check = last_refresh = time.monotonic()
     total = len(loader) if hasattr(loader, "__len__") else None
-    bar = _progress(loader, total, desc, progress)
+    bar = _progress(loader, total, desc, progress, initial=start)
     memory_format = torch.channels_last if channels_last else torch.preserve_format
-    for batch_idx, (x, y) in enumerate(bar):
+    for batch_idx, (x, y) in enumerate(bar, start=start):
         x = x.to(device, non_blocking=True, memory_format=memory_format)  # (B, 3, H, W)
         y = y.to(device, non_blocking=True)
         lr = optimizer.param_groups[0]["lr"]
@@ -163,23 +209,25 @@ def train_one_epoch(
         n = y.shape[0]
         lrs.append(lr)
         # Recorded on the device without a host sync; read back twice a second at most.
-        first_bad = torch.where(~torch.isfinite(loss.detach()) & (first_bad < 0), batch_idx, first_bad)
-        loss_sum += loss.detach().double() * n
+        t.first_bad = torch.where(~torch.isfinite(loss.detach()) & (t.first_bad < 0), batch_idx, t.first_bad)
+        t.loss_sum += loss.detach().double() * n
         if mix is not None:
             plain = logits.detach().float()
             ce = lam * F.cross_entropy(plain, y, reduction="sum") + (1 - lam) * F.cross_entropy(
                 plain, y_b, reduction="sum"
             )
-            ce_sum += ce.double()
+            t.ce_sum += ce.double()
             pred = plain.argmax(1)
-            correct_mixed += (lam * (pred == y).sum() + (1 - lam) * (pred == y_b).sum()).double()
+            t.correct_mixed += (lam * (pred == y).sum() + (1 - lam) * (pred == y_b).sum()).double()
         elif label_smoothing or l1:  # from the same logits, no extra forward pass
-            ce_sum += F.cross_entropy(logits.detach().float(), y, reduction="sum").double()
+            t.ce_sum += F.cross_entropy(logits.detach().float(), y, reduction="sum").double()
         else:
-            ce_sum += loss.detach().double() * n
+            t.ce_sum += loss.detach().double() * n
         if mix is None:
-            correct += (logits.detach().argmax(1) == y).sum()
-        seen += n
+            t.correct += (logits.detach().argmax(1) == y).sum()
+        t.seen += n
+        t.batches = batch_idx + 1
+        t.lr = lr
         if on_step is not None:
             on_step(lr)
         for cb in callbacks:
@@ -188,22 +236,25 @@ def train_one_epoch(
         if now - last_check > PROGRESS_INTERVAL:
             last_check = now
             if stop_on_nonfinite:
-                _check_finite(first_bad, lrs, epoch)
+                _check_finite(t.first_bad, lrs, start, epoch)
         if progress and now - last_refresh > PROGRESS_INTERVAL:
             last_refresh = now
             bar.set_postfix(
-                loss=f"{loss_sum.item() / seen:.3f}",
-                acc=f"{100 * (correct.item() + correct_mixed.item()) / seen:.1f}",
+                loss=f"{t.loss_sum.item() / t.seen:.3f}",
+                acc=f"{100 * (t.correct.item() + t.correct_mixed.item()) / t.seen:.1f}",
                 lr=f"{lr:.2e}",
             )
+        if after_batch is not None:
+            after_batch(t)
         if should_stop is not None and should_stop():
             break
     bar.close()
     if stop_on_nonfinite:
-        _check_finite(first_bad, lrs, epoch)
-    correct_all = correct.double() + correct_mixed
+        _check_finite(t.first_bad, lrs, start, epoch)
+    lr = t.lr
+    correct_all = t.correct.double() + t.correct_mixed
     loss_total, ce_total, correct_total, seen = reduce_sums(
-        loss_sum, ce_sum, correct_all, seen
+        t.loss_sum, t.ce_sum, correct_all, t.seen
     )  # over all ranks under DDP
     if seen == 0:
         raise VislabError(
@@ -221,14 +272,17 @@ def train_one_epoch(
     return out
 
 
-def _check_finite(first_bad: torch.Tensor, lrs: list[float], epoch: int | None) -> None:
+def _check_finite(first_bad: torch.Tensor, lrs: list[float], start: int, epoch: int | None) -> None:
+    """Raise TrainingDiverged if a loss of the epoch was not finite; `lrs` holds the LRs from batch `start` on."""
     bad = int(first_bad.item())
     if bad < 0:
         return
     epoch = "?" if epoch is None else epoch
+    # A resumed epoch's earlier steps were all finite (their checkpoint was checked before it was saved).
+    lr = f"{lrs[bad - start]:.3g}" if 0 <= bad - start < len(lrs) else "?"
     raise TrainingDiverged(
         f"Training diverged in epoch {epoch} at step {bad + 1} of the epoch: the loss became NaN or infinite "
-        f"at learning rate {lrs[bad]:.3g}. Lower optim.lr (or sched.max_lr), or set optim.grad_clip (e.g. 1.0); "
+        f"at learning rate {lr}. Lower optim.lr (or sched.max_lr), or set optim.grad_clip (e.g. 1.0); "
         f"the last good checkpoint (checkpoints/last) is kept."
     )
 
@@ -299,6 +353,7 @@ class Trainer:
         ema: ModelEma | None = None,
         mix: Mixer | None = None,
         mix_off_epochs: int = 0,
+        checkpoint_seconds: float | None = None,
     ):
         self.model = model  # the module whose state is saved (never the compiled or DDP wrapper)
         self.forward_model = compiled_model if compiled_model is not None else model
@@ -338,6 +393,20 @@ class Trainer:
         self.ema = ema
         self.mix = mix  # MixUp / CutMix of each training batch, off for the last `mix_off_epochs` epochs
         self.mix_off_epochs = mix_off_epochs
+        # Inside an epoch, save a resumable checkpoint (`partial`, in interrupt_dir) every this many seconds, so
+        # that a killed run loses at most that much; needs a loader that can say where it stands (DeviceLoader).
+        self.checkpoint_seconds = checkpoint_seconds
+        if checkpoint_seconds is not None and not self.resumes_mid_epoch:
+            raise ValueError(
+                "checkpoint_seconds needs a training loader with position() / resume_from() (the tensor backend's DeviceLoader)"
+            )
+        self.partial: dict[str, Any] | None = None  # set by load_state_dict from a mid-epoch checkpoint
+        self._epoch_start = self._last_save = 0.0
+
+    @property
+    def resumes_mid_epoch(self) -> bool:
+        """Whether a checkpoint taken inside an epoch can be resumed exactly: the loader saves its position."""
+        return hasattr(self.train_loader, "position") and hasattr(self.train_loader, "resume_from")
 
     def fit(self) -> list[dict[str, Any]]:
         for cb in self.callbacks:
@@ -351,12 +420,20 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         epoch = self.epoch + 1
-        start = time.perf_counter()
         step0 = self.global_step
         if hasattr(self.train_loader, "set_epoch"):
             # Augmentations that depend on the epoch (alternating flips) follow the epoch count, not how many
             # epochs this loader object has served: a resumed run, or one that ran a range test first, stays exact.
             self.train_loader.set_epoch(self.epoch)
+        resume, self.partial = self.partial, None
+        if resume is not None:  # continue the epoch a mid-epoch checkpoint was taken in
+            self.train_loader.resume_from(resume["loader"])
+            totals = EpochTotals.from_state(resume["totals"], self.device)
+            elapsed = float(resume["seconds"])
+        else:
+            totals, elapsed = EpochTotals.zeros(self.device), 0.0
+        start = self._epoch_start = time.perf_counter() - elapsed
+        self._last_save = time.monotonic()
         try:
             train = train_one_epoch(
                 self.forward_model,
@@ -379,13 +456,20 @@ class Trainer:
                 progress=self.progress,
                 desc=f"epoch {epoch}/{self.epochs}",
                 mix=self.mix if epoch <= self.epochs - self.mix_off_epochs else None,
+                totals=totals,
+                after_batch=self._save_partial_if_due if self.checkpoint_seconds is not None else None,
             )
             # The loss check cannot see an update that broke the weights after the last loss was
             # computed (the epoch's final step); such weights must never become a checkpoint.
             self._check_finite_weights(epoch)
             if self.stop_signal is not None:
-                self._save_interrupted()
-                raise Interrupted(self.stop_signal, epoch, self.global_step - step0)
+                self._save_interrupted(totals)
+                raise Interrupted(
+                    self.stop_signal,
+                    epoch,
+                    totals.batches,
+                    mid_epoch=self.resumes_mid_epoch and self.interrupt_dir is not None,
+                )
             test = evaluate(
                 self.eval_model,
                 self.test_loader,
@@ -468,15 +552,34 @@ class Trainer:
                 f"(or sched.max_lr), or set optim.grad_clip (e.g. 1.0); the last good checkpoint (checkpoints/last) is kept."
             )
 
-    def _save_interrupted(self) -> None:
-        # The weights at the moment of the interrupt, for inspection or export. `--resume`
-        # continues from `last` (the end of the last complete epoch), which is exact.
+    def _save_interrupted(self, totals: EpochTotals) -> None:
+        # The weights at the moment of the interrupt, for inspection or export. `--resume` continues from
+        # here when the loader can say where it stands (exact), else from `last` (the end of the last epoch).
         if self.interrupt_dir is not None:
-            from .checkpoint import save_checkpoint
+            save_checkpoint(self.interrupt_dir / INTERRUPTED, self.state_dict(totals))
 
-            save_checkpoint(self.interrupt_dir / INTERRUPTED, self.state_dict())
+    def _save_partial_if_due(self, totals: EpochTotals) -> None:
+        if self.interrupt_dir is None or time.monotonic() - self._last_save < self.checkpoint_seconds:
+            return
+        if int(totals.first_bad.item()) >= 0:
+            return  # a non-finite loss: the epoch's divergence check raises, the checkpoints already there stay
+        self._check_finite_weights(self.epoch + 1)
+        save_checkpoint(self.interrupt_dir / PARTIAL, self.state_dict(totals))
+        self._last_save = time.monotonic()
+        log.debug("saved %s at step %d of epoch %d", PARTIAL, totals.batches, self.epoch + 1)
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, totals: EpochTotals | None = None) -> dict[str, Any]:
+        """Everything an exact resume needs. With `totals` (the epoch in progress) and a loader that can say
+        where it stands, also the epoch's position ("partial"): a resume then continues inside the epoch."""
+        partial = {}
+        if totals is not None and self.resumes_mid_epoch:
+            partial = {
+                "partial": {
+                    "loader": self.train_loader.position(),
+                    "totals": totals.state_dict(),
+                    "seconds": time.perf_counter() - self._epoch_start,
+                }
+            }
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -491,6 +594,7 @@ class Trainer:
             "precision": self.precision.name,  # what auto resolved to: the report evaluates the weights in it
             "rng": rng_state(self.generator),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **partial,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -510,3 +614,8 @@ class Trainer:
             if "ema" not in state:
                 raise VislabError("The checkpoint holds no EMA weights, but the run averages them (trainer.ema_decay).")
             self.ema.load_state_dict(state["ema"])
+        self.partial = state.get("partial")
+        if self.partial is not None and not self.resumes_mid_epoch:
+            raise ValueError(
+                "the checkpoint was taken inside an epoch, and this run's training loader cannot resume there"
+            )
