@@ -7,7 +7,8 @@
 # background: `nohup nice -n 19 tools/run_recipes.sh ../results/runs ../shared/data/cifar10-jpeg
 # resnet9-onecycle resnet18-bn resnet18-ln-plateau resnet18-sgd-plateau > ../results/driver.log 2>&1 &`.
 # Run it again after an interruption: a finished recipe is skipped, a started one is resumed from its
-# last checkpoint, the others start. Record progress with tools/results.py.
+# latest checkpoint (a mid-epoch one, saved every 10 minutes, included), the others start. Record
+# progress with tools/results.py.
 set -u
 runs=$1; data=$2; shift 2
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,10 +21,12 @@ for recipe in "$@"; do
     continue
   fi
   echo "$(date -Is) $recipe from commit $(git -C "$here" rev-parse --short HEAD), load $(cut -d' ' -f1-3 /proc/loadavg)"
-  if [ -d "$out/checkpoints/last" ]; then
-    nice -n 19 "$vislab" train --resume "$out"
+  # Any checkpoint means "resume": a run killed inside its first epoch has only checkpoints/partial.
+  if [ -n "$(ls -A "$out/checkpoints" 2>/dev/null)" ]; then
+    nice -n 19 "$vislab" train --resume "$out" --set trainer.checkpoint_minutes=10
   else
-    nice -n 19 "$vislab" train "$recipe" --set data.name=imagefolder --set "data.root=$data" --out "$out" --overwrite
+    nice -n 19 "$vislab" train "$recipe" --set data.name=imagefolder --set "data.root=$data" --out "$out" --overwrite \
+      --set trainer.checkpoint_minutes=10
   fi
   echo "$(date -Is) $recipe exit $?"
 done
