@@ -202,6 +202,27 @@ def test_resume_two_process_run_with_one_process(ddp_overrides, tmp_path):
     _assert_same_run(resumed, one)
 
 
+def test_a_one_process_run_killed_inside_an_epoch_resumes_under_torchrun(ddp_overrides, tmp_path):
+    from vislab.engine import Callback
+
+    class KillAt6(Callback):  # inside epoch 2 (4 steps per epoch), after a mid-epoch checkpoint at step 5
+        def on_batch_end(self, trainer, batch_idx, loss):
+            if trainer.global_step == 6:
+                raise SystemExit("killed")
+
+    ov = {**ddp_overrides, "trainer.epochs": 2}
+    with pytest.raises(SystemExit):
+        vislab.train("quick", {**ov, "trainer.checkpoint_minutes": 1e-9}, out=tmp_path / "mixed", callbacks=[KillAt6()])
+    # Mid-epoch saves are for one process: the resume under torchrun switches them off.
+    r = _torchrun(
+        ["train", "--resume", str(tmp_path / "mixed"), "--set", "trainer.checkpoint_minutes=null"], cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "inside epoch 2 of 2, after its step 1" in r.stderr
+    # The saved sums of epoch 2's first step count once, not once per rank.
+    _assert_same_run(tmp_path / "mixed", vislab.train("quick", ov, out=tmp_path / "one").run_dir)
+
+
 def test_batch_size_must_split_evenly(ddp_overrides, tmp_path):
     r = _torchrun(
         ["train", "quick", *_sets({**ddp_overrides, "trainer.batch_size": 15}), "--out", str(tmp_path / "odd")],

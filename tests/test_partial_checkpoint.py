@@ -169,3 +169,29 @@ def test_checkpoint_minutes_is_refused_where_it_cannot_resume_exactly(tmp_path):
         )
     with pytest.raises(ConfigError, match="checkpoint_minutes"):
         load_config("quick", {"trainer.checkpoint_minutes": 0})
+
+
+def test_a_loader_resumed_at_its_last_batch_gives_nothing_and_says_so():
+    loader = DeviceLoader(torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.zeros(10), 4, _noisy, drop_last=True)
+    loader.resume_from({"order": torch.arange(10), "batch": 2})
+    assert list(loader) == []
+    # A checkpoint taken now must say "2 batches given", not 0: a resume from it would replay the epoch.
+    assert loader.position()["batch"] == 2
+
+
+def test_a_damaged_mid_epoch_checkpoint_falls_back_to_last(tmp_path, vislab_log):
+    save_checkpoint(tmp_path / LAST, _state(2, 8, False))
+    save_checkpoint(tmp_path / PARTIAL, _state(2, 10, True))
+    (tmp_path / PARTIAL / "state.pt").write_bytes(b"truncated")
+    state, name = resume_checkpoint(tmp_path)
+    assert name == LAST and state["global_step"] == 8
+    assert "refused" in vislab_log.text
+
+
+def test_checkpoint_minutes_is_refused_under_torchrun():
+    from vislab.build import check_distributed
+    from vislab.engine import DistInfo
+
+    cfg = load_config("quick", {"trainer.checkpoint_minutes": 10})[1]
+    with pytest.raises(ConfigError, match="trainer.checkpoint_minutes = 10 is not supported under torchrun"):
+        check_distributed(cfg, DistInfo(rank=0, world_size=2), torch.device("cpu"))

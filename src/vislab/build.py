@@ -207,6 +207,13 @@ def check_distributed(cfg: Config, dist: DistInfo, device: torch.device) -> None
         raise ConfigError(
             "trainer.drop_last = false is not supported under torchrun: a short last batch would split unevenly across the ranks."
         )
+    if t.checkpoint_minutes is not None:
+        # Each rank holds the sums of its share of every batch, and a save on rank 0's clock would need every
+        # rank to join a reduction at the same step; torchrun restarts a job from epoch ends instead.
+        raise ConfigError(
+            f"trainer.checkpoint_minutes = {t.checkpoint_minutes:g} is not supported under torchrun: mid-epoch checkpoints "
+            "are for one process. Set trainer.checkpoint_minutes=null (checkpoints at epoch ends), or train in one process."
+        )
     if t.batch_size % dist.world_size:
         raise ConfigError(
             f"trainer.batch_size = {t.batch_size} must be divisible by the {dist.world_size} processes of the torchrun job "

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..errors import VislabError
 from ..files import atomic_write_text, write_jsonl
 from .checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
@@ -108,6 +109,7 @@ class Checkpointer(Callback):
         # saves `last` after its own interrupt): they are stale, and would mislead.
         for name in (PARTIAL, INTERRUPTED):
             stale = self.folder / name
+            shutil.rmtree(self.folder / f".{name}.old", ignore_errors=True)  # left by a kill inside a swap
             if stale.exists():
                 shutil.rmtree(stale, ignore_errors=True)
                 if name == INTERRUPTED:
@@ -133,7 +135,11 @@ def resume_checkpoint(
     for name in (PARTIAL, INTERRUPTED):
         if not checkpoint_exists(folder / name):
             continue
-        state = load_checkpoint(folder / name, map_location=map_location)
+        try:
+            state = load_checkpoint(folder / name, map_location=map_location)
+        except VislabError as e:  # a damaged mid-epoch checkpoint costs the minutes since `last`, not the run
+            log.warning("%s; resuming from an earlier checkpoint instead", e)
+            continue
         if "partial" in state and int(state["epoch"]) == epoch and int(state["global_step"]) > step:
             best, step = (state, name), int(state["global_step"])
     return best

@@ -95,7 +95,7 @@ class DeviceLoader:
             order = torch.randperm(n, generator=self.generator, device=gen_device).to(self.x.device)
         else:
             order = torch.arange(n, device=self.x.device)
-        self._order = order
+        self._order, self._given = order, start
         for i in range(start, len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             kwargs = {"index": idx, "epoch": epoch} if indexed else {}

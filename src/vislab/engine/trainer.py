@@ -420,7 +420,6 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         epoch = self.epoch + 1
-        step0 = self.global_step
         if hasattr(self.train_loader, "set_epoch"):
             # Augmentations that depend on the epoch (alternating flips) follow the epoch count, not how many
             # epochs this loader object has served: a resumed run, or one that ran a range test first, stays exact.
@@ -429,6 +428,11 @@ class Trainer:
         if resume is not None:  # continue the epoch a mid-epoch checkpoint was taken in
             self.train_loader.resume_from(resume["loader"])
             totals = EpochTotals.from_state(resume["totals"], self.device)
+            if self.distributed and torch.distributed.get_rank() != 0:
+                # The saved sums (of a one-process run) are the whole batches' so far: counted once, on rank 0,
+                # as the epoch's end adds them up over the ranks.
+                totals = EpochTotals.zeros(self.device)
+                totals.batches, totals.lr = int(resume["totals"]["batches"]), float(resume["totals"]["lr"])
             elapsed = float(resume["seconds"])
         else:
             totals, elapsed = EpochTotals.zeros(self.device), 0.0
@@ -491,7 +495,7 @@ class Trainer:
         except torch.OutOfMemoryError:
             bs = getattr(self.train_loader, "batch_size", "?")
             raise VislabError(
-                f"Out of {self.device.type.upper()} memory in epoch {epoch} (step {self.global_step - step0 + 1}) with "
+                f"Out of {self.device.type.upper()} memory in epoch {epoch} (step {totals.batches + 1}) with "
                 f"trainer.batch_size = {bs}. Lower trainer.batch_size (e.g. to {bs // 2 if isinstance(bs, int) else 'half'}), "
                 f"use trainer.precision=bf16, or a smaller model.width; the last good checkpoint is kept."
             ) from None
