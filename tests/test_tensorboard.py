@@ -140,6 +140,7 @@ def test_a_resumed_run_appends_without_repeating_a_step_or_an_epoch(tiny_overrid
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3] == [r["epoch"] for r in run.history]
     _assert_epochs_match_metrics(scalars, rows)
+    # The resume continued after the interrupted step (checkpoints/interrupted), so no step was logged twice.
     for tag in ("step/train_loss", "step/lr"):
         assert [s for s, _ in scalars[tag]] == list(range(1, 3 * STEPS_PER_EPOCH + 1)), tag
     # Steps up to the checkpoint are the first process's; the later ones the resumed process's.
@@ -150,6 +151,36 @@ def test_a_resumed_run_appends_without_repeating_a_step_or_an_epoch(tiny_overrid
     # Resuming the finished run trains nothing and logs nothing twice.
     vislab.train(resume=out)
     assert _scalars(out / TENSORBOARD_DIR) == scalars
+
+
+def test_a_run_killed_after_a_mid_epoch_checkpoint_leaves_no_gap_in_the_step_curves(tiny_overrides, tmp_path):
+    import os
+    import signal
+    import subprocess
+
+    from test_reliability import _child  # the SIGKILL child process of the reliability tests
+
+    out = tmp_path / "r"
+    ov = {
+        **tiny_overrides,
+        "trainer.epochs": 2,
+        "trainer.loggers": "tensorboard",
+        "trainer.log_every_n_steps": 1,
+        "trainer.checkpoint_minutes": 1e-9,  # a mid-epoch checkpoint after every step
+    }
+    r = _child(tmp_path, "kill-step", 7, ov, out)  # SIGKILL inside step 7 (epoch 2), after `partial` at step 6
+    assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+    r = subprocess.run(
+        [sys.executable, "-m", "vislab", "train", "--resume", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert r.returncode == 0 and "after its step 2 (checkpoints/partial)" in r.stderr, r.stderr[-2000:]
+    # Steps 5 and 6 ran only in the killed process: they reached the event file before its checkpoint did.
+    for tag in ("step/train_loss", "step/lr"):
+        assert [s for s, _ in _scalars(out / TENSORBOARD_DIR)[tag]] == list(range(1, 2 * STEPS_PER_EPOCH + 1)), tag
 
 
 def test_without_tensorboardx_the_logger_is_one_clear_config_error_before_the_run_folder(

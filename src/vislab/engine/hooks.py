@@ -31,6 +31,10 @@ class Callback:
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None: ...
 
+    def on_save_checkpoint(self, trainer: Trainer, name: str) -> None:
+        """After the trainer saved a checkpoint inside an epoch (`partial`, `interrupted`): a resume may start
+        there, so what a callback has logged up to now must be on disk."""
+
     def on_train_end(self, trainer: Trainer) -> None: ...
 
 

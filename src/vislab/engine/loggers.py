@@ -102,6 +102,12 @@ class TensorBoardLogger(Callback):
         # On disk with the epoch's checkpoint: a kill later must not lose an epoch the resumed run will not repeat.
         self._writer.flush()
 
+    def on_save_checkpoint(self, trainer: Trainer, name: str) -> None:
+        # A resume from this mid-epoch checkpoint will not run its steps again: their events must not be
+        # left in the writer's buffer for a kill to lose (a gap in the step curves).
+        if self._writer is not None:
+            self._writer.flush()
+
     def _trained(self) -> bool:
         # A process that trained no epoch (a resumed run that was already finished, or stopped again within
         # the epoch it resumed) has nothing new to show: the last epoch's process logged it at the same step.

@@ -561,6 +561,8 @@ class Trainer:
         # here when the loader can say where it stands (exact), else from `last` (the end of the last epoch).
         if self.interrupt_dir is not None:
             save_checkpoint(self.interrupt_dir / INTERRUPTED, self.state_dict(totals))
+            for cb in self.callbacks:
+                cb.on_save_checkpoint(self, INTERRUPTED)
 
     def _save_partial_if_due(self, totals: EpochTotals) -> None:
         if self.interrupt_dir is None or time.monotonic() - self._last_save < self.checkpoint_seconds:
@@ -569,6 +571,8 @@ class Trainer:
             return  # a non-finite loss: the epoch's divergence check raises, the checkpoints already there stay
         self._check_finite_weights(self.epoch + 1)
         save_checkpoint(self.interrupt_dir / PARTIAL, self.state_dict(totals))
+        for cb in self.callbacks:
+            cb.on_save_checkpoint(self, PARTIAL)
         self._last_save = time.monotonic()
         log.debug("saved %s at step %d of epoch %d", PARTIAL, totals.batches, self.epoch + 1)
 
