@@ -88,6 +88,17 @@ def _child(tmp_path: Path, point: str, n: int, overrides: dict, out: Path) -> su
     )
 
 
+def _resume_child(out: Path) -> subprocess.CompletedProcess:
+    """`vislab train --resume OUT` in a fresh process, as after a kill."""
+    return subprocess.run(
+        [sys.executable, "-m", "vislab", "train", "--resume", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
 def _error_paragraph(err: str) -> str:
     """The CLI's error: exactly one line starting with 'vislab:' (log lines may precede it), no traceback."""
     lines = [line for line in err.splitlines() if line.startswith("vislab:")]
@@ -146,13 +157,7 @@ def test_sigkill_then_resume_matches_uninterrupted(point, n, det_overrides, refe
     # Whatever was on disk at the kill parses: metrics rows and (if any) the last checkpoint.
     if (out / "metrics.jsonl").exists():
         assert all(json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
-    r = subprocess.run(
-        [sys.executable, "-m", "vislab", "train", "--resume", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    r = _resume_child(out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert _rows(out) == _rows(reference)
     a, b = _weights(out), _weights(reference)
@@ -172,13 +177,7 @@ def test_signal_stops_after_step_saves_and_resumes(point, code, det_overrides, r
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
     if point == "sigint-step":
         assert (out / "report.html").is_file()
-    r = subprocess.run(
-        [sys.executable, "-m", "vislab", "train", "--resume", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    r = _resume_child(out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert _rows(out) == _rows(reference)
 

@@ -154,11 +154,9 @@ def test_a_resumed_run_appends_without_repeating_a_step_or_an_epoch(tiny_overrid
 
 
 def test_a_run_killed_after_a_mid_epoch_checkpoint_leaves_no_gap_in_the_step_curves(tiny_overrides, tmp_path):
-    import os
     import signal
-    import subprocess
 
-    from test_reliability import _child  # the SIGKILL child process of the reliability tests
+    from test_reliability import _child, _resume_child  # the SIGKILL child process of the reliability tests
 
     out = tmp_path / "r"
     ov = {
@@ -170,13 +168,7 @@ def test_a_run_killed_after_a_mid_epoch_checkpoint_leaves_no_gap_in_the_step_cur
     }
     r = _child(tmp_path, "kill-step", 7, ov, out)  # SIGKILL inside step 7 (epoch 2), after `partial` at step 6
     assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
-    r = subprocess.run(
-        [sys.executable, "-m", "vislab", "train", "--resume", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    r = _resume_child(out)
     assert r.returncode == 0 and "after its step 2 (checkpoints/partial)" in r.stderr, r.stderr[-2000:]
     # Steps 5 and 6 ran only in the killed process: they reached the event file before its checkpoint did.
     for tag in ("step/train_loss", "step/lr"):
