@@ -395,6 +395,20 @@ def test_results_tool_rerecording_replaces_the_entry_and_keeps_others(tmp_path, 
     assert "(epochs + range test (resumed run))" in (docs / "results.md").read_text()
 
 
+def test_results_tool_does_not_copy_the_summary_of_an_earlier_stop(tmp_path, tree):
+    tool, docs, _, paths = tree
+    # Stopped by a signal after epoch 2 (its summary.json says so), then resumed and now at epoch 3.
+    stale = {**_summary("resnet9-onecycle", 2, 900.0), "status": "interrupted"}
+    r9 = make_run(tmp_path / "r9", "resnet9-onecycle", [45.0, 58.0, 57.5], summary=stale)
+    assert tool.main([str(r9), "--commit", "c1", "--machine", "M", *paths]) == 0
+    assert not (docs / "results" / "resnet9-onecycle" / "summary.json").exists()
+    assert (docs / "results" / "resnet9-onecycle" / "metrics.jsonl").is_file()
+    # Once the run has ended, its summary covers every epoch and is copied.
+    (r9 / "summary.json").write_text(json.dumps(_summary("resnet9-onecycle", 3, 1300.0)))
+    assert tool.main([str(r9), "--commit", "c1", "--machine", "M", *paths]) == 0
+    assert (docs / "results" / "resnet9-onecycle" / "summary.json").read_bytes() == (r9 / "summary.json").read_bytes()
+
+
 @pytest.mark.parametrize(
     "extra,needle",
     [

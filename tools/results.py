@@ -142,10 +142,17 @@ def _tta_acc(summary: dict[str, Any] | None) -> float | None:
 def copy_run_files(run_dir: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for name in RUN_FILES:
-        if (run_dir / name).is_file():
+        if (run_dir / name).is_file() and not (name == "summary.json" and _stale_summary(run_dir)):
             shutil.copyfile(run_dir / name, dest / name)
         else:
             (dest / name).unlink(missing_ok=True)  # e.g. an earlier copy's summary.json, older than this run
+
+
+def _stale_summary(run_dir: Path) -> bool:
+    """A summary.json written when the run stopped earlier (an interrupt's), older than its metrics.jsonl."""
+    summary = _read_json(run_dir / "summary.json") or {}
+    rows = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
+    return summary.get("epochs_completed") != len(rows)
 
 
 # --- rendering --------------------------------------------------------------------------------------------------
