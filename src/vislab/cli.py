@@ -335,7 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config value, e.g. --set optim.lr=0.1 (repeatable)",
     )
     t.add_argument("--out", help="run folder (default: runs/<recipe>-<YYYYmmdd-HHMMSS>)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an earlier run from its last checkpoint")
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an earlier run from its latest checkpoint (an epoch end, or inside an epoch: trainer.checkpoint_minutes, Ctrl-C)",
+    )
     t.add_argument(
         "--overwrite", action="store_true", help="replace an existing --out folder instead of writing beside it"
     )
