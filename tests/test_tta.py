@@ -93,6 +93,9 @@ def test_training_reports_tta_beside_the_plain_figures(tta_run):
     assert tta["tta_test_acc"] == pytest.approx(100 * float((logits.argmax(1) == labels).double().mean()))
     assert tta["tta_test_loss"] == pytest.approx(float(F.cross_entropy(logits, labels)), rel=1e-5)
     assert "tta_test_acc" not in final  # never mixed into the per-epoch log
+    # The wall time covers the TTA evaluation too, which is also timed on its own.
+    s = tta_run.summary
+    assert tta["seconds"] > 0 and s["wall_seconds"] >= s["train_seconds"] + tta["seconds"]
 
 
 def test_report_shows_plain_and_tta_with_their_own_temperatures_and_caches_apart(tta_run):

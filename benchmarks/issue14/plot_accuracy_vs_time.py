@@ -1,8 +1,10 @@
 """Issue 14's accuracy-vs-time curve on the 2-core fp32 CPU: test accuracy after each epoch against the
-seconds spent so far, for today's quick, quick-b and fast (with its EMA), beside the two targets.
+seconds spent so far, for today's quick, quick-b and fast (with its EMA, 10 epochs and cut to 6), beside the
+two targets.
 
 Reads figures only: the side-by-side time-to-accuracy run (time_to_accuracy-2026-11-24.json, written by
-vislab.bench.bench_time_to_accuracy) and the recorded fast run (docs/results/fast/metrics.jsonl).
+vislab.bench.bench_time_to_accuracy), the recorded fast run (docs/results/fast/metrics.jsonl) and fast with
+trainer.epochs=6 (fast-6-epochs/metrics.jsonl).
 
     python benchmarks/issue14/plot_accuracy_vs_time.py   # writes docs/benchmarks/issue14-accuracy-vs-time.png
 """
@@ -22,21 +24,40 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def main() -> None:
     side = json.loads((HERE / "time_to_accuracy-2026-11-24.json").read_text())["runs"]
-    fast = [json.loads(line) for line in (ROOT / "docs/results/fast/metrics.jsonl").read_text().splitlines()]
+    fast = _rows(ROOT / "docs/results/fast/metrics.jsonl")
+    fast6 = _rows(HERE / "fast-6-epochs/metrics.jsonl")
     curves = {}
     for key, label in (("baseline", "quick of 2026-11-23 (resnet9 w0.25)"), (None, "quick-b (airbench w0.5)")):
         run = side[key] if key else next(v for k, v in side.items() if k != "baseline")
         secs, accs = zip(*run["curve"])
         curves[label] = (list(accumulate(secs)), list(accs))
-    t = list(accumulate(r["seconds"] for r in fast))
-    curves["fast (airbench w1)"] = (t, [r["test_acc"] for r in fast])
-    curves["fast, EMA weights"] = (t, [r["ema_test_acc"] for r in fast])
+    colours = {}  # a run and its EMA share a colour: solid the raw weights, dashed the EMA
+    for rows, label, colour in (
+        (fast, "fast (airbench w1, 10 epochs)", "tab:green"),
+        (fast6, "fast, trainer.epochs=6", "tab:purple"),
+    ):
+        t = list(accumulate(r["seconds"] for r in rows))
+        curves[label] = (t, [r["test_acc"] for r in rows])
+        curves[f"{label}: EMA weights"] = (t, [r["ema_test_acc"] for r in rows])
+        colours[label] = colours[f"{label}: EMA weights"] = colour
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     for label, (x, y) in curves.items():
-        ax.plot([s / 60 for s in x], y, marker="o", ms=3, label=label, ls="--" if "EMA" in label else "-")
+        ax.plot(
+            [s / 60 for s in x],
+            y,
+            marker="o",
+            ms=3,
+            label=label,
+            ls="--" if "EMA" in label else "-",
+            color=colours.get(label),
+        )
     ax.plot([side["baseline"]["wall_seconds"] / 60], [88], marker="*", ms=12, color="black", ls="")
     ax.annotate(
         "quick target: 88% in today's quick's time",

@@ -419,7 +419,10 @@ def train(
 
     summary = _summary(run_dir, name, cfg, trainer, device, precision, channels_last, started, ds, model)
     if t.tta != "none" and dist.is_main:
+        tta_start = time.perf_counter()
         summary["tta"] = _tta_figures(cfg, ds, trainer, device, precision, channels_last)
+        summary["tta"]["seconds"] = time.perf_counter() - tta_start
+        summary["wall_seconds"] = time.perf_counter() - started  # the whole command, its TTA evaluation included
     if dist.enabled:
         summary["world_size"] = dist.world_size
     if finder is not None:
