@@ -221,7 +221,8 @@ def render_table(entries: list[dict[str, Any]], docs: Path) -> str:
         f"are its runs on {COURSE_SETUP}; vislab's are on the data and machine named in each row, so a gap mixes the recipe with "
         'those differences. "final" is the last epoch\'s test accuracy; "best" is the highest over the epochs, picked on the '
         'test split and therefore optimistic. "time" says what it covers: the whole `vislab train` command (data, range test, '
-        "epochs; not the report) when one process ran it all, otherwise the epochs' own seconds plus the LR range test.",
+        "epochs and TTA evaluation, except the `fast` run recorded 2026-11-24, whose time stops before its TTA; not the report) "
+        "when one process ran it all, otherwise the epochs' own seconds plus the LR range test.",
         "",
         *rows,
         "",
