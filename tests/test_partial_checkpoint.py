@@ -95,6 +95,10 @@ def test_a_run_killed_inside_an_epoch_resumes_there_and_matches_an_uninterrupted
         last = load_checkpoint(out / "checkpoints" / LAST)
         assert last["epoch"] == 1 and last["global_step"] == 4 and "partial" not in last
 
+    # A kill inside a save leaves its temporary folder behind; the resumed run clears it at its epoch's end.
+    dead = out / "checkpoints" / ".partial.k1ll3d.tmp"
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"half")
     steps = []
 
     class Count(Callback):
@@ -108,7 +112,7 @@ def test_a_run_killed_inside_an_epoch_resumes_there_and_matches_an_uninterrupted
     assert _rows(resumed) == _rows(reference)
     a, b = resumed.model.state_dict(), reference.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not (out / "checkpoints" / PARTIAL).exists()
+    assert not (out / "checkpoints" / PARTIAL).exists() and not dead.exists()
 
 
 def test_an_interrupt_saves_a_checkpoint_a_resume_continues_from(tiny_overrides, tmp_path, one_thread):

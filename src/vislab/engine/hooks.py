@@ -118,6 +118,11 @@ class Checkpointer(Callback):
                 shutil.rmtree(stale, ignore_errors=True)
                 if name == INTERRUPTED:
                     log.info("removed %s: the resumed run has gone past it", stale)
+        # A kill inside a save leaves its half-written `.NAME.*.tmp` folder (save_checkpoint builds there, then
+        # renames); this process's own saves have all finished here, so any such folder is a dead one.
+        for name in (BEST, LAST, PARTIAL, INTERRUPTED):
+            for dead in self.folder.glob(f".{name}.*.tmp"):
+                shutil.rmtree(dead, ignore_errors=True)
 
 
 def resume_checkpoint(
