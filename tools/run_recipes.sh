@@ -28,5 +28,6 @@ for recipe in "$@"; do
     nice -n 19 "$vislab" train "$recipe" --set data.name=imagefolder --set "data.root=$data" --out "$out" --overwrite \
       --set trainer.checkpoint_minutes=10
   fi
-  echo "$(date -Is) $recipe exit $?"
+  rc=$?  # before the echo: a $(...) inside it would reset $?
+  echo "$(date -Is) $recipe exit $rc"
 done
