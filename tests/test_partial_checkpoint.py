@@ -199,3 +199,22 @@ def test_checkpoint_minutes_is_refused_under_torchrun():
     cfg = load_config("quick", {"trainer.checkpoint_minutes": 10})[1]
     with pytest.raises(ConfigError, match="trainer.checkpoint_minutes = 10 is not supported under torchrun"):
         check_distributed(cfg, DistInfo(rank=0, world_size=2), torch.device("cpu"))
+
+
+def test_an_epoch_resumed_from_its_middle_keeps_mixing_when_the_resume_moves_the_mix_off_boundary(
+    every_step, tmp_path, one_thread
+):
+    # 3 epochs, MixUp off for the last one: epochs 1 and 2 mix. Killed inside epoch 2 and resumed with
+    # trainer.epochs=2 (allowed for a constant schedule), the boundary moves to "epoch 2 does not mix";
+    # the half-done epoch 2 must still finish as it began, so it matches the uninterrupted run's epoch 2.
+    ov = {**every_step, "sched.name": "none", "augment.mixup_alpha": 0.4, "augment.mix_off_epochs": 1}
+    reference = vislab.train("quick", ov, out=tmp_path / "ref")
+    assert [bool(r.get("train_mixed")) for r in reference.history] == [True, True, False]
+
+    out = tmp_path / "killed"
+    with pytest.raises(SystemExit):
+        vislab.train("quick", ov, out=out, callbacks=[KillAt(6)])
+    assert load_checkpoint(out / "checkpoints" / PARTIAL)["partial"]["mixed"] is True
+
+    resumed = vislab.train(resume=out, overrides={"trainer.epochs": 2})
+    assert _rows(resumed) == _rows(reference)[:2]

@@ -402,6 +402,7 @@ class Trainer:
             )
         self.partial: dict[str, Any] | None = None  # set by load_state_dict from a mid-epoch checkpoint
         self._epoch_start = self._last_save = 0.0
+        self._epoch_mixed = False  # whether the epoch in progress mixes (set at its start; saved in `partial`)
 
     @property
     def resumes_mid_epoch(self) -> bool:
@@ -425,6 +426,10 @@ class Trainer:
             # epochs this loader object has served: a resumed run, or one that ran a range test first, stays exact.
             self.train_loader.set_epoch(self.epoch)
         resume, self.partial = self.partial, None
+        # Whether this epoch mixes (MixUp / CutMix). An epoch resumed from its middle keeps what it started
+        # with, even if the resume changed trainer.epochs and so moved the mix_off_epochs boundary.
+        mixed = resume.get("mixed") if resume is not None else None
+        self._epoch_mixed = bool(mixed) if mixed is not None else epoch <= self.epochs - self.mix_off_epochs
         if resume is not None:  # continue the epoch a mid-epoch checkpoint was taken in
             self.train_loader.resume_from(resume["loader"])
             totals = EpochTotals.from_state(resume["totals"], self.device)
@@ -459,7 +464,7 @@ class Trainer:
                 epoch=epoch,
                 progress=self.progress,
                 desc=f"epoch {epoch}/{self.epochs}",
-                mix=self.mix if epoch <= self.epochs - self.mix_off_epochs else None,
+                mix=self.mix if self._epoch_mixed else None,
                 totals=totals,
                 after_batch=self._save_partial_if_due if self.checkpoint_seconds is not None else None,
             )
@@ -586,6 +591,7 @@ class Trainer:
                     "loader": self.train_loader.position(),
                     "totals": totals.state_dict(),
                     "seconds": time.perf_counter() - self._epoch_start,
+                    "mixed": self._epoch_mixed,
                 }
             }
         return {
