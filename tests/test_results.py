@@ -395,6 +395,16 @@ def test_results_tool_rerecording_replaces_the_entry_and_keeps_others(tmp_path, 
     assert "(epochs + range test (resumed run))" in (docs / "results.md").read_text()
 
 
+def test_results_tool_names_a_range_test_in_the_time_only_when_the_run_had_one():
+    wall_time = _tool().wall_time
+    rows = [{"epoch": 1, "seconds": 30.0}, {"epoch": 2, "seconds": 40.0}]
+    assert wall_time(rows, None, None) == (70.0, "epochs so far")
+    assert wall_time(rows, None, {"seconds": 5.0}) == (75.0, "epochs + range test so far")
+    resumed = {"status": "finished", "epochs_completed": 2, "wall_seconds": 40.0}  # the last process only
+    assert wall_time(rows, resumed, None) == (70.0, "epochs (resumed run)")
+    assert wall_time(rows, {**resumed, "wall_seconds": 80.0}, None) == (80.0, "whole command")
+
+
 def test_results_tool_does_not_copy_the_summary_of_an_earlier_stop(tmp_path, tree):
     tool, docs, _, paths = tree
     # Stopped by a signal after epoch 2 (its summary.json says so), then resumed and now at epoch 3.

@@ -70,9 +70,10 @@ def wall_time(
     finished = bool(summary) and summary.get("status") == "finished" and summary.get("epochs_completed") == len(history)
     if finished and float(summary.get("wall_seconds", 0.0)) >= epochs:
         return float(summary["wall_seconds"]), "whole command"
+    parts = "epochs + range test" if lr_find else "epochs"  # a fixed-LR recipe runs no range test
     if finished:
-        return epochs + sweep, "epochs + range test (resumed run)"
-    return epochs + sweep, "epochs + range test so far"
+        return epochs + sweep, f"{parts} (resumed run)"
+    return epochs + sweep, f"{parts} so far"
 
 
 def machine_of(summary: dict[str, Any] | None) -> str | None:
