@@ -45,12 +45,14 @@ def make_run(
     header: str | None = None,
     summary: dict[str, Any] | None = None,
     seconds: float = 10.0,
+    header_notes: str = "",
 ) -> Path:
     """A run folder as `vislab train` leaves it (config.yaml, metrics.jsonl, optionally summary.json), without training."""
     _, cfg = load_config(recipe, {"data.name": "imagefolder", "data.root": "/data/cifar10-jpeg", **(overrides or {})})
     folder.mkdir(parents=True)
     name = recipe if header is None else header
-    (folder / "config.yaml").write_text(f"# vislab 0.1.0 resolved config of recipe {name!r}\n" + config_to_yaml(cfg))
+    head = f"# vislab 0.1.0 resolved config of recipe {name!r}\n{header_notes}"
+    (folder / "config.yaml").write_text(head + config_to_yaml(cfg))
     rows = [
         {"epoch": i, "lr": 0.01, "train_loss": 1.0, "train_acc": a, "test_loss": 1.0, "test_acc": a, "seconds": seconds}
         for i, a in enumerate(accs, 1)
@@ -168,13 +170,44 @@ def test_run_recipe_from_config_summary_or_header(tmp_path):
     assert recipe is None and "'c'" in why
 
 
-def test_auto_lr_of_a_recipe_matches_the_number_a_run_resolved(tmp_path):
-    run = make_run(tmp_path / "r", "resnet9-onecycle", [50.0], overrides={"sched.max_lr": 0.0026})
-    _, cfg = load_config(run / "config.yaml")
+# What `vislab train` writes into config.yaml's header when the range test resolved an `auto` LR.
+RANGE_TEST_NOTE = "# sched.max_lr: auto -> 0.0026 (LR range test, min_loss_div10 suggestion; sweep in lr_find.json)\n"
+
+
+def test_auto_lr_of_a_recipe_matches_the_number_the_range_test_resolved_not_one_given(tmp_path):
     recipe = load_config("resnet9-onecycle")[1]
-    assert recipe.sched.max_lr == "auto" and recipe_differences(cfg, recipe) == []
+    assert recipe.sched.max_lr == "auto"
+    resolved = make_run(
+        tmp_path / "r", "resnet9-onecycle", [50.0], overrides={"sched.max_lr": 0.0026}, header_notes=RANGE_TEST_NOTE
+    )
+    text = (resolved / "config.yaml").read_text()
+    assert results.range_test_fields(text) == {"sched.max_lr"}
+    _, cfg = load_config(resolved / "config.yaml")
+    assert recipe_differences(cfg, recipe, results.range_test_fields(text)) == []
+    # The same number given by hand (`--set sched.max_lr=0.0026`: no range test ran) is a different run.
+    given = make_run(tmp_path / "g", "resnet9-onecycle", [50.0], overrides={"sched.max_lr": 0.0026})
+    text = (given / "config.yaml").read_text()
+    _, cfg = load_config(given / "config.yaml")
+    assert results.range_test_fields(text) == set()
+    assert [d.split(" (")[0] for d in recipe_differences(cfg, recipe)] == ["sched.max_lr = 0.0026"]
+    recipes = {name: load_config(name)[1] for name in list_recipes()}
+    assert run_recipe(cfg, text, None, recipes) == ("resnet9-onecycle", "named in config.yaml's header")
     _, cfg2 = load_config("resnet9-onecycle", {"optim.name": "sgd"})
     assert recipe_differences(cfg2, recipe) == ["optim.name = 'sgd' (recipe: 'adam')"]
+
+
+def test_compare_reference_names_a_given_lr_but_not_where_the_run_ran(tmp_path):
+    run = make_run(
+        tmp_path / "runs" / "lr0027",
+        "resnet9-onecycle",
+        [50.0],
+        overrides={"sched.max_lr": 0.0027, "trainer.checkpoint_minutes": 10, "trainer.loggers": ["tensorboard"]},
+    )
+    res = compare_runs([run], out=tmp_path / "cmp", reference=True)
+    diffs = res.references[0]["differences"]
+    assert [d.split(" (")[0] for d in diffs] == ["sched.max_lr = 0.0027"]
+    md = _flat((tmp_path / "cmp" / "compare.md").read_text())
+    assert "sched.max_lr = 0.0027" in md and "checkpoint_minutes" not in md and "loggers" not in md
 
 
 # --- vislab compare --reference and the data columns -------------------------------------------------------------
@@ -449,6 +482,124 @@ def test_results_tool_asks_for_the_recipe_of_an_unnamed_run(tmp_path, tree, caps
     assert "--recipe NAME" in capsys.readouterr().err
     assert tool.main([str(run), "--commit", "c1", "--machine", "M", "--recipe", "resnet9-onecycle", *paths]) == 0
     assert json.loads((docs / "results.json").read_text())[0]["epochs_planned"] == 12
+
+
+def _tree_bytes(*paths: Path) -> dict[str, bytes]:
+    out = {}
+    for root in paths:
+        files = [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.is_file())
+        out.update({str(f): f.read_bytes() for f in files})
+    return out
+
+
+def test_results_tool_refuses_a_variant_as_the_recipe_and_records_it_as_a_trial(tmp_path, tree, capsys):
+    tool, docs, readme, paths = tree
+    r9 = make_run(
+        tmp_path / "runs" / "resnet9-onecycle",
+        "resnet9-onecycle",
+        [50.0, 60.0],
+        overrides={"sched.max_lr": 0.0026},
+        header_notes=RANGE_TEST_NOTE,
+    )
+    assert tool.main([str(r9), "--commit", "c1", "--machine", "M", *paths]) == 0
+    before = _tree_bytes(docs, readme)
+
+    # The LR trial: the recipe's header, a peak LR given by hand, better figures.
+    trial = make_run(
+        tmp_path / "runs" / "lr0027", "resnet9-onecycle", [52.0, 63.5, 63.0], overrides={"sched.max_lr": 0.0027}
+    )
+    assert tool.main([str(trial), "--commit", "c2", "--machine", "M", *paths]) == 2
+    err = capsys.readouterr().err
+    assert "sched.max_lr = 0.0027" in err and "--as NAME" in err and len(err.strip().splitlines()) == 1
+    assert _tree_bytes(docs, readme) == before  # refused: nothing written
+
+    for bad in ("resnet9-onecycle", "Has Space"):
+        assert tool.main([str(trial), "--as", bad, "--commit", "c2", "--machine", "M", *paths]) == 2
+        assert "--as" in capsys.readouterr().err
+    assert tool.main([str(trial), "--as", "r9-lr0027", "--commit", "c2", "--machine", "M", *paths]) == 0
+    assert "r9-lr0027 (trial of resnet9-onecycle)" in capsys.readouterr().out
+    entries = json.loads((docs / "results.json").read_text())
+    assert [(e["recipe"], e["final_test_acc"], e["commit"]) for e in entries] == [("resnet9-onecycle", 60.0, "c1")]
+    folder = docs / "results" / "r9-lr0027"
+    assert (folder / "metrics.jsonl").read_bytes() == (trial / "metrics.jsonl").read_bytes()
+    assert (folder / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((folder / "trial.json").read_text())
+    assert (saved["entry"]["final_test_acc"], saved["entry"]["best_test_acc"], saved["entry"]["commit"]) == (
+        63.0,
+        63.5,
+        "c2",
+    )
+    assert [d.split(" (")[0] for d in saved["differences"]] == ["sched.max_lr = 0.0027"]
+    md = (docs / "results.md").read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| `r9-lr0027` |"))
+    assert "| `resnet9-onecycle` | sched.max_lr = 0.0027" in row and "| 63.00 | 63.50 | 3/24 | 60.00 (2/24) |" in row
+    assert tool.main(["--check", *paths]) == 0
+
+    # --check recomputes a trial's figures from its files: one edited by hand is caught.
+    (folder / "metrics.jsonl").write_text(
+        (folder / "metrics.jsonl").read_text().replace('"test_acc": 63.0', '"test_acc": 65.0')
+    )
+    assert tool.main(["--check", *paths]) == 1
+    assert "final_test_acc = 63.0 in its record, but its files" in capsys.readouterr().err
+
+
+def test_results_tool_check_recomputes_the_entries_figures_from_the_run_files(tmp_path, tree, capsys):
+    tool, docs, _, paths = tree
+    bn = make_run(tmp_path / "bn", "resnet18-bn", [60.0, 61.0, 60.5], seconds=30.0)
+    assert tool.main([str(bn), "--commit", "c1", "--machine", "M", *paths]) == 0
+    assert tool.main(["--check", *paths]) == 0
+    # results.json and the package copy edited alike, and the tables re-rendered from them: the run files disagree.
+    entries = json.loads((docs / "results.json").read_text())
+    entries[0]["best_test_acc"] = 62.0
+    (docs / "results.json").write_text(json.dumps(entries, indent=1) + "\n")
+    assert tool.main(paths) == 0
+    assert tool.main(["--check", *paths]) == 1
+    assert "resnet18-bn: best_test_acc = 62.0 in its record, but its files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage,needle",
+    [
+        ("missing-run", "is not a folder"),
+        ("summary.json", "summary.json cannot be read as JSON"),
+        ("metrics.jsonl", "line 2: an epoch's row needs an integer epoch and a numeric test_acc"),
+    ],
+)
+def test_results_tool_writes_nothing_when_a_run_cannot_be_read(tmp_path, tree, capsys, damage, needle):
+    tool, docs, readme, paths = tree
+    first = make_run(tmp_path / "bn", "resnet18-bn", [60.0, 61.0], seconds=30.0)
+    assert tool.main([str(first), "--commit", "c1", "--machine", "M", *paths]) == 0
+    capsys.readouterr()
+    before = _tree_bytes(docs, readme, tmp_path / "pkg.json")
+    # The same run has gone on (3 epochs now), and a second one is damaged: nothing of either is written.
+    (first / "metrics.jsonl").write_text(
+        (first / "metrics.jsonl").read_text() + json.dumps({"epoch": 3, "test_acc": 70.0}) + "\n"
+    )
+    second = tmp_path / "r9"
+    if damage != "missing-run":
+        make_run(second, "resnet9-onecycle", [45.0, 50.0], summary=_summary("resnet9-onecycle", 2, 100.0))
+        if damage == "summary.json":
+            (second / "summary.json").write_text('{"status": "finished", ')
+        else:
+            (second / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 45.0}\n{"epoch": 2, "test_acc": null}\n')
+    assert tool.main([str(first), str(second), "--commit", "c2", "--machine", "M", *paths]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert _tree_bytes(docs, readme, tmp_path / "pkg.json") == before
+
+
+def test_result_entries_are_refused_with_a_wrong_type_or_twice(tmp_path):
+    entry = dict(measured_results()[0])
+    with pytest.raises(ConfigError, match=r"final_test_acc = '88.8'; it must be int or float"):
+        results.check_result_entries([{**entry, "final_test_acc": "88.8"}], "x.json")
+    with pytest.raises(ConfigError, match=r"has two entries"):
+        results.check_result_entries([entry, dict(entry)], "x.json")
+
+
+def test_an_unfinished_layernorm_run_names_the_course_attempt_it_is_compared_with():
+    ref = course_reference("resnet18-ln-plateau")
+    entry = {**measured_results()[0], "recipe": "resnet18-ln-plateau", "epochs_done": 3, "epochs_planned": 40}
+    assert f"the course (patience-10 attempt) had {ref.at_epoch(3):.2f}% at epoch 3" in describe_result(entry, ref)
 
 
 # --- vislab recipes -v ------------------------------------------------------------------------------------------------

@@ -3,20 +3,28 @@
     python tools/results.py /work/results/runs/* --commit da73bf0 \\
         --machine "2-core AMD EPYC (AVX512-BF16), torch 2.13.0+cpu" --data "CIFAR-10 (JPEG copy)"
     python tools/results.py            # re-render the tables and plots from docs/results.json and docs/results/
-    python tools/results.py --check    # exit 1 when a generated table or the package's copy is out of date
+    python tools/results.py /work/results/runs/resnet9-onecycle-lr0027 --as resnet9-onecycle-lr0027 --commit 4c95fbf ...
+    python tools/results.py            # re-render the tables and plots from docs/results.json and docs/results/
+    python tools/results.py --check    # exit 1 when a generated file, the package's copy or a figure is out of date
 
 Each RUN_DIR (a `vislab train` folder, finished or not) replaces its recipe's entry; entries of
 recipes not given are kept. Its config.yaml, metrics.jsonl, summary.json and lr_find.json are
-copied to docs/results/<recipe>/, and everything shown is rendered from those copies, so the
-tables can be rebuilt without the run folders.
+copied to docs/results/<recipe>/; the tables' time labels and the curves are drawn from those
+copies, and --check recomputes each entry's figures from them. A run whose config differs from
+its recipe's (say `--set sched.max_lr=0.0027`) is refused unless it is recorded as a trial of the
+recipe with `--as NAME` (docs/results/NAME/, its own table, no entry in results.json) or named
+as the recipe's run on purpose with `--recipe NAME`. Everything is rendered in a scratch copy
+first: a run that cannot be read leaves every file as it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,20 +37,34 @@ RUN_FILES = (
     "lr_find.json",
 )  # small text files, enough to re-run and compare
 CURVE = "curve.png"
+TRIAL_FILE = "trial.json"  # what a trial's row shows (docs/results/<trial>/): a run that differs from its recipe
 TABLE = "results table"  # the generated block of docs/results.md
+TRIALS_TABLE = "trials table"  # the generated block of docs/results.md listing the trials
 README_TABLE = "recipes table"  # the generated block of README.md
 
 sys.path.insert(0, str(ROOT / "src"))  # the checkout's vislab, also when another one is installed
 
 from vislab.config import DEFAULT_RECIPE, list_recipes, recipe_info  # noqa: E402
 from vislab.errors import VislabError  # noqa: E402
-from vislab.results import COURSE_SETUP, RESULT_KEYS, check_result_entries, course_reference, describe_result  # noqa: E402
+from vislab.results import (  # noqa: E402
+    COURSE_SETUP,
+    RESULT_KEYS,
+    check_result_entries,
+    course_reference,
+    describe_result,
+)
 
 RESULTS_MD_SKELETON = f"""# Results
 
 <!-- BEGIN generated: {TABLE} (tools/results.py; edit outside these markers) -->
 <!-- END generated: {TABLE} -->
+
+## Trials
+
+<!-- BEGIN generated: {TRIALS_TABLE} (tools/results.py; edit outside these markers) -->
+<!-- END generated: {TRIALS_TABLE} -->
 """
+_TRIAL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 
 class ToolError(VislabError):
@@ -53,11 +75,37 @@ class ToolError(VislabError):
 
 
 def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The JSON in `path`, None when it is missing; a damaged file is an error naming it (never read as missing)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ToolError(
+            f"{path} cannot be read as JSON ({e}); it is damaged or not vislab's. Nothing was written."
+        ) from None
 
 
 def _history(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+    """metrics.jsonl's rows; each must be an object with its epoch number and a numeric test_acc."""
+    if not path.is_file():
+        return []
+    rows = []
+    for i, ln in enumerate(path.read_text().splitlines(), 1):
+        if not ln.strip():
+            continue
+        try:
+            row = json.loads(ln)
+        except ValueError as e:
+            raise ToolError(f"{path}, line {i}: not JSON ({e}); the file is damaged. Nothing was written.") from None
+        acc = row.get("test_acc") if isinstance(row, dict) else None
+        if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not isinstance(row.get("epoch"), int):
+            raise ToolError(
+                f"{path}, line {i}: an epoch's row needs an integer epoch and a numeric test_acc; got {ln.strip()[:120]!r}. "
+                "Nothing was written."
+            )
+        rows.append(row)
+    return rows
 
 
 def wall_time(
@@ -84,30 +132,51 @@ def machine_of(summary: dict[str, Any] | None) -> str | None:
 
 
 def entry_from_run(
-    run_dir: Path, *, commit: str, machine: str | None, data: str | None, date: str | None, recipe: str | None = None
-) -> dict[str, Any]:
+    run_dir: Path,
+    *,
+    commit: str,
+    machine: str | None,
+    data: str | None,
+    date: str | None,
+    recipe: str | None = None,
+    trial: str | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """(the run's entry, the settings in which it differs from its recipe). A run that differs is refused as the
+    recipe's own run unless `recipe` names it on purpose, or `trial` records it as a trial of the recipe."""
     from vislab.config import load_config
     from vislab.report import read_run
-    from vislab.results import describe_data, run_data, run_recipe
+    from vislab.results import describe_data, range_test_fields, recipe_differences, run_data, run_recipe
 
+    # Strict reads first: a damaged file is an error naming it, not a warning and a file read as missing.
+    hist = _history(run_dir / "metrics.jsonl")
+    summary = _read_json(run_dir / "summary.json")
+    lr_find = _read_json(run_dir / "lr_find.json")
     folder = read_run(run_dir)
+    recipes = {name: load_config(name)[1] for name in list_recipes()}
+    named = recipe is not None
     if recipe is None:
-        recipes = {name: load_config(name)[1] for name in list_recipes()}
-        recipe, how = run_recipe(folder.config, folder.config_text, folder.summary, recipes)
+        recipe, how = run_recipe(folder.config, folder.config_text, summary, recipes)
         if recipe is None:
             raise ToolError(
                 f"{str(run_dir)!r}: cannot tell which recipe this run ran ({how}); give it with --recipe NAME (one RUN_DIR at a time)."
             )
     elif recipe not in list_recipes():
         raise ToolError(f"--recipe = {recipe!r} is not a shipped recipe; choose one of {', '.join(list_recipes())}.")
-    hist = folder.history
+    diffs = recipe_differences(folder.config, recipes[recipe], range_test_fields(folder.config_text))
+    if diffs and not named and trial is None:
+        raise ToolError(
+            f"{str(run_dir)!r} ran recipe {recipe!r} with other settings: {'; '.join(diffs)}. Record it as a trial of the "
+            f"recipe with --as NAME (docs/results/NAME/; the recipe's entry is kept), or, if it is the recipe's run all the "
+            f"same, name it with --recipe {recipe}."
+        )
     if not hist:
         raise ToolError(
             f"{str(run_dir)!r} has no finished epoch yet (metrics.jsonl is empty or missing); record it after its first epoch."
         )
     accs = [float(r["test_acc"]) for r in hist]
-    seconds, _ = wall_time(hist, folder.summary, _read_json(run_dir / "lr_find.json"))
-    machine = machine or machine_of(folder.summary)
+    current = None if _stale_summary(run_dir) else summary  # an earlier stop's summary.json is not copied either
+    seconds, _ = wall_time(hist, current, lr_find)
+    machine = machine or machine_of(summary)
     if machine is None:
         raise ToolError(
             f"{str(run_dir)!r} has no summary.json yet (the run has not ended), so its machine is unknown; give --machine TEXT."
@@ -122,15 +191,32 @@ def entry_from_run(
         "epochs_planned": folder.config.trainer.epochs,
         "final_test_acc": round(accs[-1], 2),
         "best_test_acc": round(max(accs), 2),
-        "tta_test_acc": _tta_acc(folder.summary),
+        "tta_test_acc": _tta_acc(current),
         "wall_seconds": round(seconds, 1),
         "machine": machine,
-        "data": data or describe_data(run_data(folder.config, folder.summary)),
+        "data": data or describe_data(run_data(folder.config, summary)),
         "date": date,
         "commit": commit,
         "course_test_acc": ref.final if ref else None,
     }
-    return {k: entry[k] for k in RESULT_KEYS}
+    return {k: entry[k] for k in RESULT_KEYS}, diffs
+
+
+def figures_from_copies(folder: Path) -> dict[str, Any]:
+    """The figures an entry takes from its run files, recomputed from the copies in docs/results/<name>/."""
+    hist = _history(folder / "metrics.jsonl")
+    if not hist:
+        return {}
+    accs = [float(r["test_acc"]) for r in hist]
+    summary = _read_json(folder / "summary.json")
+    seconds, _ = wall_time(hist, summary, _read_json(folder / "lr_find.json"))
+    return {
+        "epochs_done": len(hist),
+        "final_test_acc": round(accs[-1], 2),
+        "best_test_acc": round(max(accs), 2),
+        "tta_test_acc": _tta_acc(summary),
+        "wall_seconds": round(seconds, 1),
+    }
 
 
 def _tta_acc(summary: dict[str, Any] | None) -> float | None:
@@ -152,8 +238,7 @@ def copy_run_files(run_dir: Path, dest: Path) -> None:
 def _stale_summary(run_dir: Path) -> bool:
     """A summary.json written when the run stopped earlier (an interrupt's), older than its metrics.jsonl."""
     summary = _read_json(run_dir / "summary.json") or {}
-    rows = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").is_file() else []
-    return summary.get("epochs_completed") != len(rows)
+    return summary.get("epochs_completed") != len(_history(run_dir / "metrics.jsonl"))
 
 
 # --- rendering --------------------------------------------------------------------------------------------------
@@ -184,12 +269,14 @@ def render_table(entries: list[dict[str, Any]], docs: Path) -> str:
             )
             continue
         folder = docs / "results" / name
-        hist = _history(folder / "metrics.jsonl")
-        _, kind = (
-            wall_time(hist, _read_json(folder / "summary.json"), _read_json(folder / "lr_find.json"))
-            if hist
-            else (0.0, "")
-        )
+        hist, summary = _history(folder / "metrics.jsonl"), _read_json(folder / "summary.json")
+        _, kind = wall_time(hist, summary, _read_json(folder / "lr_find.json")) if hist else (0.0, "")
+        tta = (summary or {}).get("tta")
+        if kind == "whole command" and isinstance(tta, dict) and "seconds" not in tta:
+            notes.append(
+                f"`{name}`: its time stops before the test-time-augmentation evaluation (its summary.json predates "
+                "`tta.seconds`, which later runs count in their time)."
+            )
         done, planned = e["epochs_done"], e["epochs_planned"]
         status = "finished" if done >= planned else f"in progress: {done} of {planned} epochs"
         same = ref.at_epoch(done) if ref else None
@@ -222,7 +309,7 @@ def render_table(entries: list[dict[str, Any]], docs: Path) -> str:
         f"are its runs on {COURSE_SETUP}; vislab's are on the data and machine named in each row, so a gap mixes the recipe with "
         'those differences. "final" is the last epoch\'s test accuracy; "best" is the highest over the epochs, picked on the '
         'test split and therefore optimistic. "time" says what it covers: the whole `vislab train` command (data, range test, '
-        "epochs and TTA evaluation, except the `fast` run recorded 2026-11-24, whose time stops before its TTA; not the report) "
+        "epochs and TTA evaluation; not the report) "
         "when one process ran it all, otherwise the epochs' own seconds plus the LR range test.",
         "",
         *rows,
@@ -231,6 +318,41 @@ def render_table(entries: list[dict[str, Any]], docs: Path) -> str:
     if notes:
         lines += [f"- {n}" for n in notes] + [""]
     return "\n".join(lines)
+
+
+def trial_names(docs: Path) -> list[str]:
+    return sorted(f.parent.name for f in (docs / "results").glob(f"*/{TRIAL_FILE}"))
+
+
+def render_trials(entries: list[dict[str, Any]], docs: Path) -> str:
+    """The trials: runs of a recipe with other settings, each beside the recipe's recorded run and the course."""
+    by_recipe = {e["recipe"]: e for e in entries}
+    names = trial_names(docs)
+    if not names:
+        return "No trials recorded.\n"
+    rows = [
+        "| trial | recipe | differs from the recipe in | status | final test acc (%) | best test acc (%) | epochs | "
+        "recipe's recorded run: final (%) | course's final (%) | data | machine | date | commit | curve |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|",
+    ]
+    for name in names:
+        t = read_trial(docs, name)
+        e = t["entry"]
+        base = by_recipe.get(e["recipe"])
+        done, planned = e["epochs_done"], e["epochs_planned"]
+        status = "finished" if done >= planned else f"in progress: {done} of {planned} epochs"
+        base_text = f"{_pct(base['final_test_acc'])} ({base['epochs_done']}/{base['epochs_planned']})" if base else "—"
+        rows.append(
+            f"| `{name}` | `{e['recipe']}` | {'; '.join(t['differences']) or 'nothing (named as a trial)'} | {status} | "
+            f"{_pct(e['final_test_acc'])} | {_pct(e['best_test_acc'])} | {done}/{planned} | {base_text} | "
+            f"{_pct(e['course_test_acc'])} | {e['data']} | {e['machine']} | {e['date']} | `{e['commit']}` | "
+            f"[plot](results/{name}/{CURVE}), [files](results/{name}/) |"
+        )
+    return (
+        "Generated by `tools/results.py --as NAME` from docs/results/<trial>/: runs of a recipe with other settings, "
+        "recorded beside the recipe's own run (which they do not replace). Each plot overlays the trial, the recipe's "
+        "recorded run and the course.\n\n" + "\n".join(rows) + "\n"
+    )
 
 
 def render_readme_table(entries: list[dict[str, Any]]) -> str:
@@ -274,14 +396,28 @@ def replace_block(text: str, name: str, body: str, where: Path) -> str:
     return text[: i + len(begin)] + "\n" + body + text[j:]
 
 
-def draw_curve(name: str, docs: Path) -> None:
+def draw_curve(name: str, docs: Path, recipe: str | None = None) -> None:
+    """docs/results/<name>/curve.png: the run beside the course; a trial (`recipe` given) also beside the recipe's run."""
+    from vislab.plots import PALETTE
     from vislab.report._render import figure_png
     from vislab.results import plot_vs_course
 
     folder = docs / "results" / name
     hist = _history(folder / "metrics.jsonl")
-    fig = plot_vs_course(hist, course_reference(name), label=f"vislab {name}")
-    fig.axes[0].set_title(f"{name}: test accuracy per epoch", fontsize="small")
+    fig = plot_vs_course(hist, course_reference(recipe or name), label=f"vislab {name}")
+    ax = fig.axes[0]
+    base = _history(docs / "results" / recipe / "metrics.jsonl") if recipe else []
+    if base:
+        ax.plot(
+            [r["epoch"] for r in base],
+            [r["test_acc"] for r in base],
+            marker="o",
+            ms=3,
+            color=PALETTE[1],
+            label=f"vislab {recipe} (the recipe's recorded run)",
+        )
+        ax.legend(fontsize="x-small")
+    ax.set_title(f"{name}: test accuracy per epoch", fontsize="small")
     (folder / CURVE).write_bytes(figure_png(fig))
 
 
@@ -289,33 +425,49 @@ def outputs(entries: list[dict[str, Any]], docs: Path, readme: Path) -> dict[Pat
     """Every generated text file and its content."""
     md = docs / "results.md"
     md_text = md.read_text() if md.is_file() else RESULTS_MD_SKELETON
+    md_text = replace_block(md_text, TABLE, render_table(entries, docs), md)
     return {
         docs / "results.json": json.dumps(entries, indent=1) + "\n",
-        md: replace_block(md_text, TABLE, render_table(entries, docs), md),
+        md: replace_block(md_text, TRIALS_TABLE, render_trials(entries, docs), md),
         readme: replace_block(readme.read_text(), README_TABLE, render_readme_table(entries), readme),
     }
 
 
 def load_entries(docs: Path) -> list[dict[str, Any]]:
     path = docs / "results.json"
-    try:
-        return check_result_entries(_read_json(path) or [], str(path))
-    except ValueError as e:
-        raise ToolError(f"{path} is not valid JSON ({e}); fix it or regenerate it from the run folders.") from None
+    return check_result_entries(_read_json(path) or [], str(path))
+
+
+def read_trial(docs: Path, name: str) -> dict[str, Any]:
+    """docs/results/<name>/trial.json: {"entry": an entry as in results.json, "differences": [settings]}."""
+    path = docs / "results" / name / TRIAL_FILE
+    t = _read_json(path)
+    if not isinstance(t, dict) or not isinstance(t.get("differences"), list):
+        raise ToolError(f"{path} must hold an object with an entry and a list of differences; record the trial again.")
+    check_result_entries([t.get("entry")], str(path))
+    return t
 
 
 def stale(docs: Path, readme: Path, package: Path) -> list[str]:
     """What --check reports: generated files that differ from a fresh rendering, and a package copy unlike docs/results.json."""
     entries = load_entries(docs)
     out = [str(p) for p, text in outputs(entries, docs, readme).items() if not p.is_file() or p.read_text() != text]
-    if not package.is_file() or json.loads(package.read_text()) != entries:
+    if _read_json(package) != entries:
         out.append(f"{package} (must equal {docs / 'results.json'})")
-    out += [
-        f"{docs / 'results' / e['recipe'] / name} (missing)"
-        for e in entries
-        for name in ("metrics.jsonl", "config.yaml", CURVE)
-        if not (docs / "results" / e["recipe"] / name).is_file()
-    ]
+    recorded = [(e["recipe"], e) for e in entries]
+    recorded += [(n, read_trial(docs, n)["entry"]) for n in trial_names(docs)]
+    for name, e in recorded:
+        folder = docs / "results" / name
+        out += [
+            f"{folder / f} (missing)" for f in ("metrics.jsonl", "config.yaml", CURVE) if not (folder / f).is_file()
+        ]
+        # The figures must be the ones the committed run files give (a hand edit, or files copied without recording).
+        again = figures_from_copies(folder)
+        out += [
+            f"{name}: {key} = {e[key]!r} in its record, but its files in {folder} give {v!r}"
+            for key, v in again.items()
+            if e.get(key) != v
+        ]
     return out
 
 
@@ -328,7 +480,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", help="machine text (default: summary.json's CPU/GPU name and torch version)")
     p.add_argument("--data", help="data text (default: the run's data name and image counts)")
     p.add_argument("--date", help="YYYY-MM-DD (default: when the run's last epoch was written)")
-    p.add_argument("--recipe", help="the recipe of a single RUN_DIR, when its files do not tell")
+    p.add_argument(
+        "--recipe", help="the recipe of a single RUN_DIR, when its files do not tell or it differs on purpose"
+    )
+    p.add_argument(
+        "--as",
+        dest="trial",
+        metavar="NAME",
+        help="record a single RUN_DIR as a trial of its recipe, in docs/results/NAME/ (the recipe's entry is kept)",
+    )
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 when a generated file is out of date")
     p.add_argument(
         "--docs", type=Path, default=ROOT / "docs", help=argparse.SUPPRESS
@@ -346,34 +506,90 @@ def main(argv: list[str] | None = None) -> int:
             for b in bad:
                 print(f"out of date: {b}", file=sys.stderr)
             if bad:
-                print("regenerate with: python tools/results.py", file=sys.stderr)
+                print("regenerate with: python tools/results.py (figures: record the run again)", file=sys.stderr)
             return 1 if bad else 0
-        if args.run_dirs and not args.commit:
-            raise ToolError(
-                "--commit SHA is required with RUN_DIRs: the commit each run was started from (e.g. --commit da73bf0)."
-            )
-        if args.recipe and len(args.run_dirs) != 1:
-            raise ToolError(f"--recipe names the recipe of one RUN_DIR; {len(args.run_dirs)} were given.")
-        if args.date and not _is_date(args.date):
-            raise ToolError(f"--date = {args.date!r}: give the date as YYYY-MM-DD.")
-        entries = {e["recipe"]: e for e in load_entries(args.docs)}
-        for run_dir in map(Path, args.run_dirs):
-            e = entry_from_run(
-                run_dir, commit=args.commit, machine=args.machine, data=args.data, date=args.date, recipe=args.recipe
-            )
-            copy_run_files(run_dir, args.docs / "results" / e["recipe"])
-            entries[e["recipe"]] = e
-            print(f"{e['recipe']}: {describe_result(e, course_reference(e['recipe']))}")
-        ordered = [entries[n] for n in list_recipes() if n in entries]
-        for e in ordered:
-            draw_curve(e["recipe"], args.docs)
-        for path, text in outputs(ordered, args.docs, args.readme).items():
-            path.write_text(text)
-        args.package.write_text(json.dumps(ordered, indent=1) + "\n")
+        check_args(args)
+        record(args)
     except VislabError as e:
         print(f"tools/results.py: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.run_dirs and not args.commit:
+        raise ToolError(
+            "--commit SHA is required with RUN_DIRs: the commit each run was started from (e.g. --commit da73bf0)."
+        )
+    for flag, value in (("--recipe", args.recipe), ("--as", args.trial)):
+        if value and len(args.run_dirs) != 1:
+            raise ToolError(f"{flag} applies to one RUN_DIR; {len(args.run_dirs)} were given.")
+    if args.trial is not None and (not _TRIAL_NAME.fullmatch(args.trial) or args.trial in list_recipes()):
+        raise ToolError(
+            f"--as = {args.trial!r}: a trial's name is a new folder name of lower-case letters, digits, '.', '_' and '-', "
+            f"not a shipped recipe's ({', '.join(list_recipes())}), e.g. resnet9-onecycle-lr0027."
+        )
+    if args.date and not _is_date(args.date):
+        raise ToolError(f"--date = {args.date!r}: give the date as YYYY-MM-DD.")
+
+
+def record(args: argparse.Namespace) -> None:
+    """Record the RUN_DIRs and re-render everything in a scratch copy of docs/ and README, then publish it."""
+    docs, readme = args.docs, args.readme
+    entries = {e["recipe"]: e for e in load_entries(docs)}
+    with tempfile.TemporaryDirectory(prefix="vislab-results-") as tmp:
+        scratch, scratch_readme = Path(tmp) / "docs", Path(tmp) / "README.md"
+        if (docs / "results").is_dir():
+            shutil.copytree(docs / "results", scratch / "results")
+        (scratch / "results").mkdir(parents=True, exist_ok=True)
+        if (docs / "results.md").is_file():
+            shutil.copyfile(docs / "results.md", scratch / "results.md")
+        shutil.copyfile(readme, scratch_readme)
+        said = []
+        for run_dir in map(Path, args.run_dirs):
+            e, diffs = entry_from_run(
+                run_dir,
+                commit=args.commit,
+                machine=args.machine,
+                data=args.data,
+                date=args.date,
+                recipe=args.recipe,
+                trial=args.trial,
+            )
+            name = args.trial or e["recipe"]
+            copy_run_files(run_dir, scratch / "results" / name)
+            what = f"{name} (trial of {e['recipe']})" if args.trial else name
+            said.append(f"{what}: {describe_result(e, course_reference(e['recipe']))}")
+            if diffs:
+                said.append(f"  differs from the recipe in: {'; '.join(diffs)}")
+            if args.trial:
+                (scratch / "results" / name / TRIAL_FILE).write_text(
+                    json.dumps({"entry": e, "differences": diffs}, indent=1) + "\n"
+                )
+            else:
+                entries[e["recipe"]] = e
+        ordered = [entries[n] for n in list_recipes() if n in entries]
+        for e in ordered:
+            draw_curve(e["recipe"], scratch)
+        for name in trial_names(scratch):
+            draw_curve(name, scratch, recipe=read_trial(scratch, name)["entry"]["recipe"])
+        texts = outputs(ordered, scratch, scratch_readme)
+        # Everything is rendered: publish it (nothing above wrote outside the scratch copy).
+        targets = {scratch / "results.json": docs / "results.json", scratch / "results.md": docs / "results.md"}
+        targets[scratch_readme] = readme
+        for folder in sorted(p for p in (scratch / "results").iterdir() if p.is_dir()):
+            dest = docs / "results" / folder.name
+            for fname in (*RUN_FILES, CURVE, TRIAL_FILE):
+                if (folder / fname).is_file():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(folder / fname, dest / fname)
+                else:
+                    (dest / fname).unlink(missing_ok=True)
+        for path, text in texts.items():
+            targets[path].write_text(text)
+        args.package.write_text(json.dumps(ordered, indent=1) + "\n")
+    for line in said:
+        print(line)
 
 
 def _is_date(s: str) -> bool:

@@ -36,6 +36,21 @@ RESULT_KEYS = (
     "commit",
     "course_test_acc",
 )
+_NUMBER = (int, float)
+_RESULT_TYPES: dict[str, tuple[type, ...]] = {
+    "recipe": (str,),
+    "epochs_done": (int,),
+    "epochs_planned": (int,),
+    "final_test_acc": _NUMBER,
+    "best_test_acc": _NUMBER,
+    "tta_test_acc": (*_NUMBER, type(None)),
+    "wall_seconds": _NUMBER,
+    "machine": (str,),
+    "data": (str,),
+    "date": (str,),
+    "commit": (str,),
+    "course_test_acc": (*_NUMBER, type(None)),
+}
 COURSE_SETUP = "canonical CIFAR-10 (50,000 train / 10,000 test images) on a Colab GPU"
 
 # A published curve that is not the run of the course's final figure, and how it differs. The
@@ -53,9 +68,14 @@ _WHERE_NOT_WHAT = {
     "trainer.report",
     "trainer.compile",
     "trainer.eval_batch_size",
+    "trainer.loggers",
+    "trainer.log_every_n_steps",
+    "trainer.checkpoint_minutes",  # mid-epoch checkpoints: a resumed run computes the same numbers (tested)
     "augment.workers",
 }
 _HEADER_RECIPE = re.compile(r"^# vislab \S+ resolved config of recipe '([^']+)'", re.MULTILINE)
+# The line `vislab train` writes into config.yaml's header for each `auto` field the LR range test resolved.
+_HEADER_AUTO = re.compile(r"^# (\w+\.\w+): auto -> \S+ \(LR range test", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -107,10 +127,19 @@ def check_result_entries(entries: Any, where: str) -> list[dict[str, Any]]:
     """The measured entries, refused unless each has exactly RESULT_KEYS (a hand edit is caught here, not in a table)."""
     if not isinstance(entries, list):
         raise ConfigError(f"{where} must hold a list of result objects, got {type(entries).__name__}.")
+    seen = set()
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or set(e) != set(RESULT_KEYS):
             got = sorted(e) if isinstance(e, dict) else type(e).__name__
             raise ConfigError(f"{where}: entry {i} must have exactly the keys {', '.join(RESULT_KEYS)}; got {got}.")
+        for key, kinds in _RESULT_TYPES.items():
+            value = e[key]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                allowed = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+                raise ConfigError(f"{where}: entry {i} ({e['recipe']!r}) has {key} = {value!r}; it must be {allowed}.")
+        if e["recipe"] in seen:
+            raise ConfigError(f"{where}: recipe {e['recipe']!r} has two entries; keep one (its latest run).")
+        seen.add(e["recipe"])
     return entries
 
 
@@ -136,7 +165,7 @@ def describe_result(entry: Mapping[str, Any], course: CourseReference | None = N
             f"{entry['wall_seconds']:,.0f} s) on {where}"
         )
     same = course.at_epoch(done) if course else None
-    beside = f"; the course had {same:.2f}% at epoch {done}" if same is not None else ""
+    beside = f"; the {course_label(course)} had {same:.2f}% at epoch {done}" if course and same is not None else ""
     return (
         f"{entry['final_test_acc']:.2f}% at epoch {done} of {planned} (run not finished{beside}; "
         f"{entry['wall_seconds']:,.0f} s so far) on {where}"
@@ -171,10 +200,16 @@ def _flat(cfg: Config) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, sec in cfg.model_dump(mode="json").items() for k, v in sec.items()}
 
 
-def recipe_differences(config: Config, recipe: Config) -> list[str]:
+def range_test_fields(config_text: str) -> frozenset[str]:
+    """The `auto` fields (e.g. "sched.max_lr") that the LR range test resolved, as config.yaml's header records them."""
+    return frozenset(_HEADER_AUTO.findall(config_text))
+
+
+def recipe_differences(config: Config, recipe: Config, resolved: frozenset[str] = frozenset()) -> list[str]:
     """The settings in which a run's `config` differs from a recipe's (data and where-it-ran settings aside).
 
-    A recipe's `auto` learning rate matches any number: the run resolved it with the range test.
+    A recipe's `auto` learning rate matches the number a run resolved with the range test (`resolved`:
+    `range_test_fields` of its config.yaml), not a number given by hand (`--set sched.max_lr=0.0027`).
     """
     mine, theirs = _flat(config), _flat(recipe)
     out = []
@@ -182,8 +217,13 @@ def recipe_differences(config: Config, recipe: Config) -> list[str]:
         if key.startswith("data.") or key in _WHERE_NOT_WHAT:
             continue
         got = mine.get(key)
-        if got != want and not (want == "auto" and isinstance(got, (int, float))):
-            out.append(f"{key} = {got!r} (recipe: {want!r})")
+        if want == "auto" and isinstance(got, (int, float)) and key in resolved:
+            continue
+        if got != want:
+            how = (
+                " (a number given, not the LR range test's)" if want == "auto" and isinstance(got, (int, float)) else ""
+            )
+            out.append(f"{key} = {got!r} (recipe: {want!r}){how}")
     return out
 
 
@@ -196,7 +236,8 @@ def run_recipe(
     resumed run records its folder's name there instead, and a YAML file's run its file name: so a
     config equal to exactly one shipped recipe decides first, then a recorded name that is a recipe.
     """
-    exact = [name for name, cfg in recipes.items() if not recipe_differences(config, cfg)]
+    resolved = range_test_fields(config_text)
+    exact = [name for name, cfg in recipes.items() if not recipe_differences(config, cfg, resolved)]
     if len(exact) == 1:
         return exact[0], "its config matches the recipe"
     named = []

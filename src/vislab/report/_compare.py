@@ -18,6 +18,7 @@ from ..results import (
     CourseReference,
     course_references,
     plot_course_curve,
+    range_test_fields,
     recipe_differences,
     run_data,
     run_recipe,
@@ -84,7 +85,11 @@ def _reference_rows(folders: Sequence[RunFolder], labels: Sequence[str], referen
                 "final_test_acc": final,
                 "course_final_test_acc": ref.final if ref else None,
                 "course_test_acc_at_epoch": ref.at_epoch(done) if ref else None,
-                "differences": recipe_differences(f.config, recipes[recipe]) if recipe in recipes else [],
+                "differences": (
+                    recipe_differences(f.config, recipes[recipe], range_test_fields(f.config_text))
+                    if recipe in recipes
+                    else []
+                ),
             }
         )
     if not any(r["reference"] for r in out):
