@@ -18,8 +18,10 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 demo: $(BIN)/.installed
 	$(BIN)/vislab train quick $(DEMO_SET) $(ARGS)
 
+# One pytest-xdist worker per core (each computing on one thread: tests/conftest.py); TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= auto
 test: lint
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(ARGS)
 
 # ruff's settings are in pyproject.toml (line length 120, src/ tests/ benchmarks/ tools/).
 lint: $(BIN)/.installed

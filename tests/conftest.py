@@ -23,6 +23,13 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     ]
 )
 
+# Under pytest-xdist (`make test` runs one worker per core) each worker and every child process it starts
+# computes on one thread: two workers with a 2-thread OpenMP pool each on a 2-core machine spin against each
+# other (see `one_thread` below for how slow that gets).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 CLASSES = ("alpha", "beta", "gamma")
 SIZE = 16
 

@@ -129,11 +129,12 @@ def det_overrides(tiny_overrides):
 
 @pytest.fixture
 def reference(det_overrides, tmp_path):
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same thread count as the children, for bitwise-equal float sums
     try:
         run = vislab.train("quick", det_overrides, out=tmp_path / "reference")
     finally:
-        torch.set_num_threads(os.cpu_count() or 1)
+        torch.set_num_threads(threads)
     return run.run_dir
 
 

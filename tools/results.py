@@ -173,9 +173,7 @@ def entry_from_run(
         raise ToolError(
             f"{str(run_dir)!r} has no finished epoch yet (metrics.jsonl is empty or missing); record it after its first epoch."
         )
-    accs = [float(r["test_acc"]) for r in hist]
-    current = None if _stale_summary(run_dir) else summary  # an earlier stop's summary.json is not copied either
-    seconds, _ = wall_time(hist, current, lr_find)
+    current = None if _stale(summary, hist) else summary  # an earlier stop's summary.json is not copied either
     machine = machine or machine_of(summary)
     if machine is None:
         raise ToolError(
@@ -189,10 +187,7 @@ def entry_from_run(
         "recipe": recipe,
         "epochs_done": len(hist),
         "epochs_planned": folder.config.trainer.epochs,
-        "final_test_acc": round(accs[-1], 2),
-        "best_test_acc": round(max(accs), 2),
-        "tta_test_acc": _tta_acc(current),
-        "wall_seconds": round(seconds, 1),
+        **_figures(hist, current, lr_find),
         "machine": machine,
         "data": data or describe_data(run_data(folder.config, summary)),
         "date": date,
@@ -207,9 +202,15 @@ def figures_from_copies(folder: Path) -> dict[str, Any]:
     hist = _history(folder / "metrics.jsonl")
     if not hist:
         return {}
+    return _figures(hist, _read_json(folder / "summary.json"), _read_json(folder / "lr_find.json"))
+
+
+def _figures(
+    hist: list[dict[str, Any]], summary: dict[str, Any] | None, lr_find: dict[str, Any] | None
+) -> dict[str, Any]:
+    """An entry's measured figures from a run's epochs, its (current) summary.json and its range test."""
     accs = [float(r["test_acc"]) for r in hist]
-    summary = _read_json(folder / "summary.json")
-    seconds, _ = wall_time(hist, summary, _read_json(folder / "lr_find.json"))
+    seconds, _ = wall_time(hist, summary, lr_find)
     return {
         "epochs_done": len(hist),
         "final_test_acc": round(accs[-1], 2),
@@ -228,17 +229,17 @@ def _tta_acc(summary: dict[str, Any] | None) -> float | None:
 
 def copy_run_files(run_dir: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
+    stale = _stale(_read_json(run_dir / "summary.json"), _history(run_dir / "metrics.jsonl"))
     for name in RUN_FILES:
-        if (run_dir / name).is_file() and not (name == "summary.json" and _stale_summary(run_dir)):
+        if (run_dir / name).is_file() and not (name == "summary.json" and stale):
             shutil.copyfile(run_dir / name, dest / name)
         else:
             (dest / name).unlink(missing_ok=True)  # e.g. an earlier copy's summary.json, older than this run
 
 
-def _stale_summary(run_dir: Path) -> bool:
+def _stale(summary: dict[str, Any] | None, hist: list[dict[str, Any]]) -> bool:
     """A summary.json written when the run stopped earlier (an interrupt's), older than its metrics.jsonl."""
-    summary = _read_json(run_dir / "summary.json") or {}
-    return summary.get("epochs_completed") != len(_history(run_dir / "metrics.jsonl"))
+    return (summary or {}).get("epochs_completed") != len(hist)
 
 
 # --- rendering --------------------------------------------------------------------------------------------------
