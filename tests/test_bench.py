@@ -137,6 +137,51 @@ def test_recipes_are_skipped_without_cuda(tiny_bench):
     assert bench_recipes(CPU, None) == {"skipped": "no CUDA device"}
 
 
+def test_recipes_item_trains_both_recipes_on_the_cuda_device_and_keeps_going_past_a_failure(monkeypatch, tmp_path):
+    # The item's own loop (overrides, what it reads from each run, a refused recipe) on a machine without a GPU:
+    # torch is told a CUDA device exists and vislab.train is replaced, so no CUDA code runs here.
+    import types
+
+    import vislab
+
+    calls = []
+
+    def fake_train(recipe, overrides, out=None):
+        calls.append((recipe, overrides, out))
+        if recipe == "resnet18-bn":
+            raise vislab.VislabError("no data here")
+        summary = {
+            "epochs_completed": 24,
+            "wall_seconds": 400.0,
+            "train_seconds": 350.0,
+            "lr_find": {"seconds": 20.0},
+            "final": {"test_acc": 90.1},
+            "best": {"test_acc": 90.2},
+            "run_dir": str(out),
+        }
+        return types.SimpleNamespace(summary=summary)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
+    monkeypatch.setattr(vislab, "train", fake_train)
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    res = bench_recipes(torch.device("cuda"), tmp_path / "bench", data_root=tmp_path / "data")
+    assert [c[0] for c in calls] == ["resnet9-onecycle", "resnet18-bn"]
+    for _, overrides, _ in calls:
+        assert overrides["trainer.device"] == "cuda" and overrides["data.name"] == "imagefolder"
+    assert calls[1][1]["trainer.epochs"] == 1 and calls[0][2] == tmp_path / "bench" / "recipes" / "resnet9-onecycle"
+    assert res["resnet9-onecycle"] == {
+        "epochs": 24,
+        "wall_seconds": 400.0,
+        "train_seconds": 350.0,
+        "lr_find_seconds": 20.0,
+        "test_acc": 90.1,
+        "best_test_acc": 90.2,
+        "run_dir": str(tmp_path / "bench" / "recipes" / "resnet9-onecycle"),
+    }
+    assert res["resnet18-bn"] == {"skipped": "no data here"}
+
+
 def test_variants_alternate_within_repeats():
     calls = []
     variants = {name: (lambda name=name: calls.append(name) or float(len(calls))) for name in ("a", "b")}

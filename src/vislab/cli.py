@@ -413,9 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--out", help="output folder for bench.json (default: runs/bench-<YYYYmmdd-HHMMSS>)")
     b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    b.add_argument(
-        "--repeats", type=int, help="timed repeats per figure, the median is reported (default: 3 quick, 5 full)"
-    )
+    b.add_argument("--repeats", type=int, help="timed repeats per figure, the median is reported (default: 5)")
     b.add_argument(
         "--workers", type=int, help="DataLoader workers of the albumentations and course pipelines (default: CPU count)"
     )

@@ -596,6 +596,7 @@ def bench_recipes(device: torch.device, out: Path | None, data_root: str | Path 
     if device.type != "cuda" or not torch.cuda.is_available():
         return {"skipped": "no CUDA device" if not torch.cuda.is_available() else f"device is {device.type}, not CUDA"}
     from .. import train  # the public API: the bench trains recipes exactly as a user would
+    from ..env import device_name
 
     base: dict[str, Any] = {"trainer.device": str(device), "trainer.progress": False, "trainer.report": False}
     if data_root is not None:
@@ -603,7 +604,7 @@ def bench_recipes(device: torch.device, out: Path | None, data_root: str | Path 
         base.update({"data.name": "imagefolder" if (root / "train").is_dir() else "cifar10", "data.root": str(root)})
     results: dict[str, Any] = {"course_reference": COURSE_REFERENCE}
     for recipe, extra in (("resnet9-onecycle", {}), ("resnet18-bn", {"trainer.epochs": 1})):
-        log.info("bench: training recipe %s on %s", recipe, torch.cuda.getdevice_name(device))
+        log.info("bench: training recipe %s on %s", recipe, device_name(device))
         try:
             run = train(recipe, {**base, **extra}, out=None if out is None else out / "recipes" / recipe)
         except VislabError as e:  # e.g. no CIFAR-10 on an offline machine: say so, keep the other figures
