@@ -252,6 +252,29 @@ def test_course_baseline_is_dataloader_albumentations_plain_loop():
     )
 
 
+def test_with_fp16_the_vislab_side_trains_with_a_grad_scaler_as_training_does(monkeypatch):
+    # fp16 is what CUDA GPUs below sm80 train in; autocast fp16 and GradScaler("cpu") let the bench's own
+    # wiring run here. Every vislab-side step must get a scaler (one per model), as vislab.run gives it.
+    fp16 = Precision("fp16", torch.float16, True)
+    monkeypatch.setattr(_suite, "engine_defaults", lambda device: (fp16, False))
+    scalers = []
+    real_engine = _suite.train_one_epoch
+
+    def engine_spy(model, loader, optimizer, **kw):
+        scalers.append(kw.get("scaler"))
+        return real_engine(model, loader, optimizer, **kw)
+
+    monkeypatch.setattr(_suite, "train_one_epoch", engine_spy)
+    monkeypatch.setattr(_suite, "course_train", lambda model, batches, *a: {"images": sum(len(y) for _, y in batches)})
+    tiny = SIZES["tiny"]
+    bench_train(tiny.train[0], device=CPU, repeats=1, workers=0)
+    assert len(scalers) == 2 and all(isinstance(s, torch.amp.GradScaler) for s in scalers) and scalers[0] is scalers[1]
+    scalers.clear()
+    result = _suite.bench_engine_overhead(tiny.small, device=CPU, repeats=1)
+    assert set(result["figures"]) == {"engine", "bare_loop"}
+    assert scalers and all(isinstance(s, torch.amp.GradScaler) for s in scalers)
+
+
 def test_augment_baseline_is_plain_per_sample_albumentations(monkeypatch):
     made = []
     real = _suite.course_loader

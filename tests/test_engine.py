@@ -416,12 +416,17 @@ def test_albumentations_backend_really_augments_training_batches(tiny_overrides)
     assert nearest(inputs).min() > 1.0  # as given, none is (the synthetic images are not symmetric)
 
 
-def test_train_writes_report_unless_switched_off(tiny_overrides, tmp_path):
+def test_train_writes_report_unless_switched_off(tiny_overrides, tmp_path, monkeypatch):
+    import vislab.report
     from vislab.cli import main
 
+    devices = []
+    real = vislab.report.write_report
+    monkeypatch.setattr(vislab.report, "write_report", lambda *a, **k: devices.append(k.get("device")) or real(*a, **k))
     run = vislab.train("quick", {**tiny_overrides, "trainer.epochs": 1, "trainer.report": True}, out=tmp_path / "r")
     html = (run.run_dir / "report.html").read_text()
     assert (run.run_dir / "report.md").is_file() and "Grad-CAM" in html
+    assert devices == ["cpu"]  # the device the run trained on (trainer.device), not "auto"
     sets = [a for k, v in tiny_overrides.items() for a in ("--set", f"{k}={v}")]
     assert (
         main(

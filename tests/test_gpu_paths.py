@@ -25,6 +25,7 @@ from vislab.engine import (
     create_optimizer,
     create_scheduler,
     load_checkpoint,
+    resolve_device,
     resolve_precision,
     save_checkpoint,
     train_one_epoch,
@@ -116,6 +117,17 @@ def test_precision_auto_on_cuda_follows_compute_capability(monkeypatch, capabili
     p = resolve_precision("auto", CUDA)
     assert p.name == expected
     assert p.use_scaler == (expected == "fp16") and p.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[expected]
+
+
+@pytest.mark.parametrize("name", ["cuda:1", "cuda:7", "cuda:x"])
+def test_a_gpu_index_the_machine_lacks_is_a_config_error(monkeypatch, name):
+    # One GPU: torch's own check would come later, as an AssertionError ("Invalid device id") in
+    # get_device_capability, which the CLI would show as a traceback.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"cuda:0 to cuda:0"):
+        resolve_device(name)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0) and resolve_device("cuda") == torch.device("cuda")
 
 
 # Flags lines as /proc/cpuinfo shows them (shortened to the relevant part).

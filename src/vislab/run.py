@@ -495,7 +495,7 @@ def _finish(
             atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         shutdown()  # a no-op outside torchrun
         if dist.is_main and report:
-            md = _write_report(run_dir, ds)
+            md = _write_report(run_dir, ds, summary.get("device", "auto"))
             if md is not None and loggers:
                 _log_figures(loggers, _report_figures(md))
     finally:
@@ -515,12 +515,12 @@ def _close(loggers: Sequence[TensorBoardLogger]) -> None:
         logger.close()
 
 
-def _write_report(run_dir: Path, ds) -> Path | None:
-    """The report's report.md, or None when it could not be written."""
+def _write_report(run_dir: Path, ds, device: str) -> Path | None:
+    """The report's report.md, written on the device the run trained on; None when it could not be written."""
     from .report import write_report
 
     try:
-        path = write_report(run_dir, dataset=ds)  # reuses the data set already in memory
+        path = write_report(run_dir, dataset=ds, device=device)  # reuses the data set already in memory
         log.info("report: %s", path)
         return Path(path)
     except Exception as e:  # noqa: BLE001 - a finished run must not fail on its report

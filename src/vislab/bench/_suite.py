@@ -177,6 +177,12 @@ def _optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return create_optimizer(model, "sgd", LR, weight_decay=5e-4, nesterov=True)
 
 
+def _scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler | None:
+    # As vislab.run: fp16 (CUDA GPUs below sm80) trains with a GradScaler, so the vislab side pays for its
+    # unscale and overflow check as training does (the course side makes its own, bench/_course.py).
+    return torch.amp.GradScaler(device.type) if precision.use_scaler else None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -313,9 +319,11 @@ def bench_train(
     course_sides = {"course": (precision, channels_last), "course_fp32": (FP32, False)}
     course_models = {name: _model(case, device, cl, seed) for name, (_, cl) in course_sides.items()}
     course_opts = {name: _optimizer(m) for name, m in course_models.items()}
+    scaler = _scaler(device, precision)
+    step = {"device": device, "precision": precision, "channels_last": channels_last, "scaler": scaler}
 
     def vislab_epoch(m: nn.Module) -> int:
-        train_one_epoch(m, loader, optimizer, device=device, precision=precision, channels_last=channels_last)
+        train_one_epoch(m, loader, optimizer, **step)
         return n
 
     def course_run(name: str) -> float:
@@ -327,7 +335,7 @@ def bench_train(
         )
 
     # Warm-up (untimed): oneDNN / cuDNN pick their kernels on the first step of each shape.
-    train_one_epoch(model, warm, optimizer, device=device, precision=precision, channels_last=channels_last)
+    train_one_epoch(model, warm, optimizer, **step)
     for name, (prec, cl) in course_sides.items():
         course_train(course_models[name], itertools.islice(course, 1), course_opts[name], device, prec, cl)
     variants: dict[str, Callable[[], float]] = {
@@ -339,7 +347,7 @@ def bench_train(
         # Opt-in: on the 2-core EPYC, ResNet9 w1 bf16 ran 205 img/s compiled and 205 eager, after a 40 s compile.
         compiled = torch.compile(model)
         log.info("bench: compiling %s (untimed)", case.model)
-        train_one_epoch(compiled, warm, optimizer, device=device, precision=precision, channels_last=channels_last)
+        train_one_epoch(compiled, warm, optimizer, **step)
         variants["vislab_compiled"] = lambda: _rate(lambda: vislab_epoch(compiled), device)
     settings = {
         **case.__dict__,
@@ -375,9 +383,12 @@ def bench_engine_overhead(case: Case, *, device: torch.device, repeats: int, see
     )
     model = _model(case, device, channels_last, seed)
     optimizer = _optimizer(model)
+    scaler = _scaler(device, precision)
 
     def engine() -> int:
-        train_one_epoch(model, batches, optimizer, device=device, precision=precision, channels_last=channels_last)
+        train_one_epoch(
+            model, batches, optimizer, device=device, precision=precision, channels_last=channels_last, scaler=scaler
+        )
         return n
 
     def bare() -> int:
@@ -386,8 +397,13 @@ def bench_engine_overhead(case: Case, *, device: torch.device, repeats: int, see
             with precision.autocast(device):
                 loss = F.cross_entropy(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
         return n
 
     variants = {"engine": lambda: _rate(engine, device), "bare_loop": lambda: _rate(bare, device)}
@@ -494,6 +510,7 @@ def bench_lr_find(case: Case, *, device: torch.device, repeats: int, seed: int =
     finder = LRFinder(
         model, optimizer, loader, device=device, precision=precision, channels_last=channels_last, generator=gen
     )
+    scaler = _scaler(device, precision)
 
     def sweep() -> float:
         r = finder.range_test(*LR_FIND_RANGE, num_iter=case.steps)
@@ -502,7 +519,9 @@ def bench_lr_find(case: Case, *, device: torch.device, repeats: int, seed: int =
     def train_step() -> float:
         _sync(device)
         start = time.perf_counter()
-        train_one_epoch(model, loader, optimizer, device=device, precision=precision, channels_last=channels_last)
+        train_one_epoch(
+            model, loader, optimizer, device=device, precision=precision, channels_last=channels_last, scaler=scaler
+        )
         _sync(device)
         return (time.perf_counter() - start) / len(loader)
 
@@ -573,8 +592,10 @@ def bench_efficiency(
             generator=_generator(device, seed),
         )
 
-        def epoch(m=model, o=opt, ld=loader, n=case.batch_size * case.steps) -> int:
-            train_one_epoch(m, ld, o, device=device, precision=precision, channels_last=channels_last)
+        scaler = _scaler(device, precision)
+
+        def epoch(m=model, o=opt, ld=loader, sc=scaler, n=case.batch_size * case.steps) -> int:
+            train_one_epoch(m, ld, o, device=device, precision=precision, channels_last=channels_last, scaler=sc)
             return n
 
         variants[name] = lambda fn=epoch: _rate(fn, device)
@@ -747,7 +768,7 @@ def run_bench(
             raise ConfigError(
                 f"--out {str(out_dir)!r} cannot be created ({e.strerror}); choose another folder."
             ) from None
-    from ..env import device_name, versions
+    from ..env import determinism, device_name, versions
 
     precision, channels_last = engine_defaults(dev)
     load_before = _load_avg()
@@ -784,7 +805,9 @@ def run_bench(
     results: dict[str, Any] = {}
     for key, measure in steps:
         t0 = time.perf_counter()
-        results[key] = measure()
+        # As training (vislab.run): cuDNN autotuning on CUDA, for both sides of every comparison; restored after.
+        with determinism(False, dev):
+            results[key] = measure()
         medians = ", ".join(f"{k} {v['median']:.4g}" for k, v in results[key]["figures"].items())
         log.info("bench: %-16s %s (%s) in %.0f s", key, medians, results[key]["unit"], time.perf_counter() - t0)
     results["recipes"] = (

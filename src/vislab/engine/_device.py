@@ -19,6 +19,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ConfigError(
             f"trainer.device = {name!r}, but this machine has no usable CUDA GPU; use trainer.device=cpu or auto."
         )
+    if name.startswith("cuda:"):
+        count = torch.cuda.device_count()
+        index = name.partition(":")[2]
+        if not index.isdigit() or int(index) >= count:
+            raise ConfigError(
+                f"trainer.device = {name!r}, but this machine's CUDA GPUs are cuda:0 to cuda:{count - 1}; "
+                "use one of them, cuda (the current one) or auto."
+            )
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("trainer.device = 'mps', but MPS is not available here; use trainer.device=cpu or auto.")
     return torch.device(name)

@@ -68,7 +68,8 @@ def smooth_guided_grad_cam(
     std = float(noise) * float(inp.max() - inp.min()) if inp.numel() else 0.0
     per_pass = max(1, batch // max(1, samples))  # NoiseTunnel batches by noisy copies of the whole input
     out = []
-    devices = [device] if device.type == "cuda" else []
+    # torch.manual_seed below reseeds every GPU, so every GPU's state is saved and restored, not only this one's.
+    devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
     with explaining(model), warnings.catch_warnings(), torch.random.fork_rng(devices=devices):
         warnings.simplefilter("ignore", UserWarning)  # captum announces its ReLU hooks on every call
         torch.manual_seed(seed)
