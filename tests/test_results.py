@@ -428,6 +428,29 @@ def test_results_tool_rerecording_replaces_the_entry_and_keeps_others(tmp_path, 
     assert "(epochs + range test (resumed run))" in (docs / "results.md").read_text()
 
 
+def test_results_tool_time_note_is_quoted_with_the_time_and_kept_when_the_run_is_recorded_again(tmp_path, tree):
+    tool, docs, readme, paths = tree
+    bn = make_run(tmp_path / "bn", "resnet18-bn", [60.0, 61.0], seconds=30.0)
+    note = "a background run on a shared CPU"
+    assert tool.main([str(bn), "--commit", "c1", "--machine", "M", "--time-note", note, *paths]) == 0
+
+    def entry():
+        return json.loads((docs / "results.json").read_text())[0]
+
+    assert entry()["time_note"] == note
+    assert f"60 s so far: {note})" in readme.read_text()  # README / recipes -v: beside the time it qualifies
+    row = next(ln for ln in (docs / "results.md").read_text().splitlines() if ln.startswith("| `resnet18-bn` |"))
+    assert f"(epochs so far); {note} |" in row
+    # The run went on: recorded again without the flag, the note stays; '' clears it.
+    with (bn / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"epoch": 3, "test_acc": 62.0, "seconds": 30.0}) + "\n")
+    assert tool.main([str(bn), "--commit", "c1", "--machine", "M", *paths]) == 0
+    assert entry()["epochs_done"] == 3 and entry()["time_note"] == note
+    assert tool.main([str(bn), "--commit", "c1", "--machine", "M", "--time-note", "", *paths]) == 0
+    assert entry()["time_note"] is None and note not in readme.read_text()
+    assert tool.main(["--check", *paths]) == 0
+
+
 def test_results_tool_names_a_range_test_in_the_time_only_when_the_run_had_one():
     wall_time = _tool().wall_time
     rows = [{"epoch": 1, "seconds": 30.0}, {"epoch": 2, "seconds": 40.0}]

@@ -140,6 +140,7 @@ def entry_from_run(
     date: str | None,
     recipe: str | None = None,
     trial: str | None = None,
+    time_note: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """(the run's entry, the settings in which it differs from its recipe). A run that differs is refused as the
     recipe's own run unless `recipe` names it on purpose, or `trial` records it as a trial of the recipe."""
@@ -188,6 +189,7 @@ def entry_from_run(
         "epochs_done": len(hist),
         "epochs_planned": folder.config.trainer.epochs,
         **_figures(hist, current, lr_find),
+        "time_note": time_note or None,
         "machine": machine,
         "data": data or describe_data(run_data(folder.config, summary)),
         "date": date,
@@ -293,7 +295,8 @@ def render_table(entries: list[dict[str, Any]], docs: Path) -> str:
         )
         rows.append(
             f"| `{name}` | {status} | {_pct(e['final_test_acc'])} | {_pct(e['best_test_acc'])} | {done}/{planned} | "
-            f"{_duration(e['wall_seconds'])}{' (' + kind + ')' if kind else ''} | {_pct(e['course_test_acc'])} | {versus} | "
+            f"{_duration(e['wall_seconds'])}{' (' + kind + ')' if kind else ''}{'; ' + e['time_note'] if e['time_note'] else ''} | "
+            f"{_pct(e['course_test_acc'])} | {versus} | "
             f"{e['data']} | {e['machine']} | {e['date']} | `{e['commit']}` | {curve} |"
         )
         if ref and ref.curve_note:
@@ -482,6 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="data text (default: the run's data name and image counts)")
     p.add_argument("--date", help="YYYY-MM-DD (default: when the run's last epoch was written)")
     p.add_argument(
+        "--time-note",
+        metavar="TEXT",
+        help="what the time covers beyond the run files, e.g. 'background run on a shared CPU' (kept when re-recording; '' clears it)",
+    )
+    p.add_argument(
         "--recipe", help="the recipe of a single RUN_DIR, when its files do not tell or it differs on purpose"
     )
     p.add_argument(
@@ -556,8 +564,14 @@ def record(args: argparse.Namespace) -> None:
                 date=args.date,
                 recipe=args.recipe,
                 trial=args.trial,
+                time_note=args.time_note,
             )
             name = args.trial or e["recipe"]
+            if args.time_note is None:  # kept from the earlier entry ('' clears it): a run recorded again as it goes on
+                earlier = (
+                    read_trial(scratch, name)["entry"] if (scratch / "results" / name / TRIAL_FILE).is_file() else None
+                )
+                e["time_note"] = ((earlier if args.trial else entries.get(name)) or {}).get("time_note")
             copy_run_files(run_dir, scratch / "results" / name)
             what = f"{name} (trial of {e['recipe']})" if args.trial else name
             said.append(f"{what}: {describe_result(e, course_reference(e['recipe']))}")

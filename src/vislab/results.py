@@ -30,6 +30,7 @@ RESULT_KEYS = (
     "best_test_acc",
     "tta_test_acc",  # the final weights with the recipe's test-time augmentation (trainer.tta), else None
     "wall_seconds",
+    "time_note",  # what the time covers beyond what the run files say (e.g. a shared CPU), or None
     "machine",
     "data",
     "date",
@@ -45,6 +46,7 @@ _RESULT_TYPES: dict[str, tuple[type, ...]] = {
     "best_test_acc": _NUMBER,
     "tta_test_acc": (*_NUMBER, type(None)),
     "wall_seconds": _NUMBER,
+    "time_note": (str, type(None)),
     "machine": (str,),
     "data": (str,),
     "date": (str,),
@@ -157,18 +159,19 @@ def describe_result(entry: Mapping[str, Any], course: CourseReference | None = N
     done, planned = entry["epochs_done"], entry["epochs_planned"]
     where = f"{entry['data']}, {entry['machine']}, {entry['date']}"
     tta = entry.get("tta_test_acc")
+    note = f": {entry['time_note']}" if entry.get("time_note") else ""
     if done >= planned:
         return (
             f"{entry['final_test_acc']:.2f}% final"
             + (f" ({tta:.2f}% with test-time augmentation)" if tta is not None else "")
             + f", best {entry['best_test_acc']:.2f}% ({done}/{planned} epochs, "
-            f"{entry['wall_seconds']:,.0f} s) on {where}"
+            f"{entry['wall_seconds']:,.0f} s{note}) on {where}"
         )
     same = course.at_epoch(done) if course else None
     beside = f"; the {course_label(course)} had {same:.2f}% at epoch {done}" if course and same is not None else ""
     return (
         f"{entry['final_test_acc']:.2f}% at epoch {done} of {planned} (run not finished{beside}; "
-        f"{entry['wall_seconds']:,.0f} s so far) on {where}"
+        f"{entry['wall_seconds']:,.0f} s so far{note}) on {where}"
     )
 
 
