@@ -140,7 +140,6 @@ def entry_from_run(
     date: str | None,
     recipe: str | None = None,
     trial: str | None = None,
-    time_note: str | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """(the run's entry, the settings in which it differs from its recipe). A run that differs is refused as the
     recipe's own run unless `recipe` names it on purpose, or `trial` records it as a trial of the recipe."""
@@ -189,7 +188,7 @@ def entry_from_run(
         "epochs_done": len(hist),
         "epochs_planned": folder.config.trainer.epochs,
         **_figures(hist, current, lr_find),
-        "time_note": time_note or None,
+        "time_note": None,  # the run files cannot say; record() sets it from --time-note or the earlier entry
         "machine": machine,
         "data": data or describe_data(run_data(folder.config, summary)),
         "date": date,
@@ -564,14 +563,16 @@ def record(args: argparse.Namespace) -> None:
                 date=args.date,
                 recipe=args.recipe,
                 trial=args.trial,
-                time_note=args.time_note,
             )
             name = args.trial or e["recipe"]
-            if args.time_note is None:  # kept from the earlier entry ('' clears it): a run recorded again as it goes on
+            if args.time_note is not None:
+                e["time_note"] = args.time_note or None  # '' clears it
+            else:  # kept from the earlier entry: a run recorded again as it goes on
+                trial_file = scratch / "results" / name / TRIAL_FILE
                 earlier = (
-                    read_trial(scratch, name)["entry"] if (scratch / "results" / name / TRIAL_FILE).is_file() else None
+                    read_trial(scratch, name)["entry"] if args.trial and trial_file.is_file() else entries.get(name)
                 )
-                e["time_note"] = ((earlier if args.trial else entries.get(name)) or {}).get("time_note")
+                e["time_note"] = (earlier or {}).get("time_note")
             copy_run_files(run_dir, scratch / "results" / name)
             what = f"{name} (trial of {e['recipe']})" if args.trial else name
             said.append(f"{what}: {describe_result(e, course_reference(e['recipe']))}")
