@@ -556,6 +556,14 @@ def test_results_tool_refuses_a_variant_as_the_recipe_and_records_it_as_a_trial(
     md = (docs / "results.md").read_text()
     row = next(ln for ln in md.splitlines() if ln.startswith("| `r9-lr0027` |"))
     assert "| `resnet9-onecycle` | sched.max_lr = 0.0027" in row and "| 63.00 | 63.50 | 3/24 | 60.00 (2/24) |" in row
+    course = course_reference("resnet9-onecycle")
+    # The same-epoch column: the recipe's recorded run has no epoch 3, the course does.
+    assert f"| 63.00 / — / {course.at_epoch(3):.2f} at epoch 3 |" in row
+    # An unfinished trial is judged at its last epoch, beside the recipe's run and the course at that epoch.
+    early = make_run(tmp_path / "runs" / "early", "resnet9-onecycle", [51.0, 61.5], overrides={"sched.max_lr": 0.0027})
+    assert tool.main([str(early), "--as", "r9-early", "--commit", "c2", "--machine", "M", *paths]) == 0
+    row = next(ln for ln in (docs / "results.md").read_text().splitlines() if ln.startswith("| `r9-early` |"))
+    assert "in progress: 2 of 24 epochs" in row and f"| 61.50 / 60.00 / {course.at_epoch(2):.2f} at epoch 2 |" in row
     assert tool.main(["--check", *paths]) == 0
 
     # --check recomputes a trial's figures from its files: one edited by hand is caught.
