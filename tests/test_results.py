@@ -564,6 +564,12 @@ def test_results_tool_refuses_a_variant_as_the_recipe_and_records_it_as_a_trial(
     assert tool.main([str(early), "--as", "r9-early", "--commit", "c2", "--machine", "M", *paths]) == 0
     row = next(ln for ln in (docs / "results.md").read_text().splitlines() if ln.startswith("| `r9-early` |"))
     assert "in progress: 2 of 24 epochs" in row and f"| 61.50 / 60.00 / {course.at_epoch(2):.2f} at epoch 2 |" in row
+    assert "at epoch 2 | 20 s |" in row  # its time: two epochs of 10 s
+    assert (
+        tool.main([str(early), "--as", "r9-early", "--commit", "c2", "--machine", "M", "--time-note", "busy", *paths])
+        == 0
+    )
+    assert "at epoch 2 | 20 s; busy |" in (docs / "results.md").read_text()
     assert tool.main(["--check", *paths]) == 0
 
     # --check recomputes a trial's figures from its files: one edited by hand is caught.

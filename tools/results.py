@@ -336,8 +336,8 @@ def render_trials(entries: list[dict[str, Any]], docs: Path) -> str:
     rows = [
         "| trial | recipe | differs from the recipe in | status | final test acc (%) | best test acc (%) | epochs | "
         "recipe's recorded run: final (%) | course's final (%) | at the trial's last epoch: trial / recipe's run / "
-        "course (%) | data | machine | date | commit | curve |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---|",
+        "course (%) | time | data | machine | date | commit | curve |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|---|---|---|",
     ]
     for name in names:
         t = read_trial(docs, name)
@@ -353,7 +353,8 @@ def render_trials(entries: list[dict[str, Any]], docs: Path) -> str:
         rows.append(
             f"| `{name}` | `{e['recipe']}` | {'; '.join(t['differences']) or 'nothing (named as a trial)'} | {status} | "
             f"{_pct(e['final_test_acc'])} | {_pct(e['best_test_acc'])} | {done}/{planned} | {base_text} | "
-            f"{_pct(e['course_test_acc'])} | {same} at epoch {done} | {e['data']} | {e['machine']} | {e['date']} | "
+            f"{_pct(e['course_test_acc'])} | {same} at epoch {done} | {_duration(e['wall_seconds'])}"
+            f"{'; ' + e['time_note'] if e['time_note'] else ''} | {e['data']} | {e['machine']} | {e['date']} | "
             f"`{e['commit']}` | [plot](results/{name}/{CURVE}), [files](results/{name}/) |"
         )
     return (
