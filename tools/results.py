@@ -254,6 +254,17 @@ def _duration(s: float) -> str:
     return f"{s:,.0f} s" if s < 3600 else f"{s:,.0f} s ({s / 3600:.1f} h)"
 
 
+def _time_cell(e: dict[str, Any], kind: str = "") -> str:
+    """A row's time: the duration, what it covers (when known) and the entry's time note."""
+    covers = f" ({kind})" if kind else ""
+    note = f"; {e['time_note']}" if e["time_note"] else ""
+    return f"{_duration(e['wall_seconds'])}{covers}{note}"
+
+
+def _status(done: int, planned: int) -> str:
+    return "finished" if done >= planned else f"in progress: {done} of {planned} epochs"
+
+
 def render_table(entries: list[dict[str, Any]], docs: Path) -> str:
     by_recipe = {e["recipe"]: e for e in entries}
     rows = [
@@ -280,7 +291,7 @@ def render_table(entries: list[dict[str, Any]], docs: Path) -> str:
                 "`tta.seconds`, which later runs count in their time)."
             )
         done, planned = e["epochs_done"], e["epochs_planned"]
-        status = "finished" if done >= planned else f"in progress: {done} of {planned} epochs"
+        status = _status(done, planned)
         same = ref.at_epoch(done) if ref else None
         versus = (
             f"{e['final_test_acc']:.2f} vs {same:.2f} at epoch {done}"
@@ -294,7 +305,7 @@ def render_table(entries: list[dict[str, Any]], docs: Path) -> str:
         )
         rows.append(
             f"| `{name}` | {status} | {_pct(e['final_test_acc'])} | {_pct(e['best_test_acc'])} | {done}/{planned} | "
-            f"{_duration(e['wall_seconds'])}{' (' + kind + ')' if kind else ''}{'; ' + e['time_note'] if e['time_note'] else ''} | "
+            f"{_time_cell(e, kind)} | "
             f"{_pct(e['course_test_acc'])} | {versus} | "
             f"{e['data']} | {e['machine']} | {e['date']} | `{e['commit']}` | {curve} |"
         )
@@ -344,7 +355,7 @@ def render_trials(entries: list[dict[str, Any]], docs: Path) -> str:
         e = t["entry"]
         base = by_recipe.get(e["recipe"])
         done, planned = e["epochs_done"], e["epochs_planned"]
-        status = "finished" if done >= planned else f"in progress: {done} of {planned} epochs"
+        status = _status(done, planned)
         base_text = f"{_pct(base['final_test_acc'])} ({base['epochs_done']}/{base['epochs_planned']})" if base else "—"
         # Same-epoch figures: what an unfinished trial can be judged by (the recipe's run from its committed metrics).
         base_acc = {r["epoch"]: r["test_acc"] for r in _history(docs / "results" / e["recipe"] / "metrics.jsonl")}
@@ -353,8 +364,7 @@ def render_trials(entries: list[dict[str, Any]], docs: Path) -> str:
         rows.append(
             f"| `{name}` | `{e['recipe']}` | {'; '.join(t['differences']) or 'nothing (named as a trial)'} | {status} | "
             f"{_pct(e['final_test_acc'])} | {_pct(e['best_test_acc'])} | {done}/{planned} | {base_text} | "
-            f"{_pct(e['course_test_acc'])} | {same} at epoch {done} | {_duration(e['wall_seconds'])}"
-            f"{'; ' + e['time_note'] if e['time_note'] else ''} | {e['data']} | {e['machine']} | {e['date']} | "
+            f"{_pct(e['course_test_acc'])} | {same} at epoch {done} | {_time_cell(e)} | {e['data']} | {e['machine']} | {e['date']} | "
             f"`{e['commit']}` | [plot](results/{name}/{CURVE}), [files](results/{name}/) |"
         )
     return (
