@@ -6,17 +6,20 @@
 # A RUN is a recipe name (its folder is RUNS_DIR/RECIPE) or NAME=RECIPE,KEY=VALUE,... for a variant
 # with its own folder and settings, e.g. resnet9-onecycle-lr0027=resnet9-onecycle,sched.max_lr=0.0027.
 # Run it from a checkout of the commit to measure, with its .venv (`make test` builds one), in the
-# background: `nohup nice -n 19 tools/run_recipes.sh ../results/runs ../shared/data/cifar10-jpeg
+# background: `nohup tools/run_recipes.sh ../results/runs ../shared/data/cifar10-jpeg
 # resnet9-onecycle resnet18-bn resnet18-ln-plateau resnet18-sgd-plateau > ../results/driver.log 2>&1 &`.
-# Run it again after an interruption: a finished run is skipped, a started one is resumed from its
-# latest checkpoint (a mid-epoch one, saved every 10 minutes, included), the others start. Record
-# progress with tools/results.py.
+# Where the kernel has autogroup scheduling it moves itself into a session of its own at the lowest
+# priority (below), so Ctrl-C or killing `$!` does not stop it: stop the queue and its training with
+# `pkill -s SID`, SID from `ps -o sid= -p "$(pgrep -f 'vislab train')"` (training saves a checkpoint
+# on SIGTERM). Run it again after an interruption: a finished run is skipped, a started one is resumed
+# from its latest checkpoint (a mid-epoch one, saved every 10 minutes, included), the others start.
+# Record progress with tools/results.py.
 set -u
 # Linux's autogroup scheduling (on by default in most distributions) shares the CPU between sessions first and
 # applies nice only inside one, so `nice -n 19` alone does not yield to a test suite started from another terminal.
 # Measured on the 2-core development machine: a foreground 2-thread matmul ran at 33 GFLOP/s beside a results run at
 # nice 19 and at 66 once the run's session group was set to nice 19 (67 with no run). So: a session of our own, at
-# the lowest priority.
+# the lowest priority (where /proc/self/autogroup can be written; otherwise only nice applies).
 if [ -e /proc/self/autogroup ] && [ -z "${VISLAB_RUNS_OWN_SESSION:-}" ]; then
   VISLAB_RUNS_OWN_SESSION=1 exec setsid -w bash "$0" "$@"
 fi
