@@ -277,6 +277,17 @@ def test_resume_drops_rows_without_checkpoint(tiny_overrides, tmp_path):
     assert [r["epoch"] for r in run.history] == [1, 2] and run.history[1]["test_acc"] >= 0
 
 
+def test_resumed_run_in_a_folder_of_its_own_still_names_its_recipe(tiny_overrides, tmp_path):
+    # A variant's folder (e.g. runs/resnet9-onecycle-lr0027) is not named after its recipe; resuming must not rename it.
+    out = tmp_path / "quick-lr-trial"
+    vislab.train("quick", {**tiny_overrides, "trainer.epochs": 2}, out=out, callbacks=[_StopAfter(1)])
+    vislab.train(resume=out)
+    assert (out / "config.yaml").read_text().startswith("# vislab ") and "of recipe 'quick'\n" in (
+        out / "config.yaml"
+    ).read_text().splitlines(keepends=True)[0]
+    assert json.loads((out / "summary.json").read_text())["recipe"] == "quick"
+
+
 def test_best_checkpoint_tracks_metric(tiny_overrides, tmp_path):
     out = tmp_path / "run"
     run = vislab.train("quick", {**tiny_overrides, "trainer.epochs": 3}, out=out)

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config import header_recipe
 from .errors import ConfigError
 
 if TYPE_CHECKING:  # matplotlib is imported only when something is drawn: `vislab recipes -v` stays light
@@ -75,7 +76,6 @@ _WHERE_NOT_WHAT = {
     "trainer.checkpoint_minutes",  # mid-epoch checkpoints: a resumed run computes the same numbers (tested)
     "augment.workers",
 }
-_HEADER_RECIPE = re.compile(r"^# vislab \S+ resolved config of recipe '([^']+)'", re.MULTILINE)
 # The line `vislab train` writes into config.yaml's header for each `auto` field the LR range test resolved.
 _HEADER_AUTO = re.compile(r"^# (\w+\.\w+): auto -> \S+ \(LR range test", re.MULTILINE)
 
@@ -235,8 +235,8 @@ def run_recipe(
 ) -> tuple[str | None, str]:
     """(recipe, how it was found) for a run folder, among `recipes` (name -> today's config); (None, why not) when it cannot be told.
 
-    summary.json's "recipe" and config.yaml's header name the recipe a run started from, but a
-    resumed run records its folder's name there instead, and a YAML file's run its file name: so a
+    summary.json's "recipe" and config.yaml's header name the recipe a run started from, but a YAML
+    file's run records its file name there (and a run resumed before 2026-11-25 its folder's name): so a
     config equal to exactly one shipped recipe decides first, then a recorded name that is a recipe.
     """
     resolved = range_test_fields(config_text)
@@ -246,9 +246,8 @@ def run_recipe(
     named = []
     if summary and isinstance(summary.get("recipe"), str):
         named.append((summary["recipe"], "summary.json"))
-    m = _HEADER_RECIPE.search(config_text)
-    if m:
-        named.append((m.group(1), "config.yaml's header"))
+    if (in_header := header_recipe(config_text)) is not None:
+        named.append((in_header, "config.yaml's header"))
     for name, where in named:
         if name in recipes:
             return name, f"named in {where}"

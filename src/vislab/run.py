@@ -32,7 +32,7 @@ from .build import (
     scheduler_kwargs,
     step_kwargs,
 )
-from .config import Config, config_to_yaml, load_config
+from .config import Config, config_header, config_to_yaml, load_config
 from .engine import (
     Callback,
     Checkpointer,
@@ -381,7 +381,7 @@ def train(
             # Rows of an epoch whose checkpoint never landed are dropped: that epoch runs again.
             if dist.is_main:
                 write_jsonl(run_dir / METRICS_FILE, trainer.history)
-        header = f"# vislab {__version__} resolved config of recipe {name!r}\n"
+        header = config_header(__version__, name)
         if resume is not None:
             # What the first run noted under its header (e.g. which LR an `auto` became) stays on resume.
             header += "".join(_auto_notes((run_dir / CONFIG_FILE).read_text()))

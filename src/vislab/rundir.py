@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import Config, apply_overrides, load_config, parse_config_yaml, validate_config
+from .config import Config, apply_overrides, header_recipe, load_config, parse_config_yaml, validate_config
 from .engine import BEST, INTERRUPTED, LAST, best_row, checkpoint_exists, metric_mode
 from .errors import ConfigError, DataError, VislabError
 from .explain import checkpoint_key
@@ -288,7 +288,11 @@ RESUME_OVERRIDABLE = {
 
 
 def read_resume_config(run_dir: Path, overrides=None) -> tuple[str, Config]:
-    """(run name, config) of a run folder to resume, with the overrides a resume may change; refuses the rest."""
+    """(recipe name, config) of a run folder to resume, with the overrides a resume may change; refuses the rest.
+
+    The recipe is the one config.yaml's header names (the folder's own name for a file without that header), so a
+    resumed variant in a folder of its own, e.g. runs/resnet9-onecycle-lr0027, still says which recipe it ran.
+    """
     refuse_lr_find_folder(run_dir, "--resume")
     cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
@@ -311,7 +315,7 @@ def read_resume_config(run_dir: Path, overrides=None) -> tuple[str, Config]:
                     f"Allowed on resume: {', '.join(sorted(RESUME_OVERRIDABLE))}, and trainer.epochs for the plateau, step "
                     f"and none schedules; start a new run to change {key}."
                 )
-    return run_dir.name, cfg
+    return header_recipe(text) or run_dir.name, cfg
 
 
 def run_repr(kind: str, run_dir: Path, cfg: Config, history: list[dict[str, Any]]) -> str:
