@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,3 +70,18 @@ def read_json(path: str | Path) -> Any:
     except (OSError, ValueError) as e:
         logging.getLogger(__name__).warning("ignoring unreadable %s (%s)", path, e)
         return None
+
+
+# config.yaml's first line, written by a run and read back by --resume and tools/results.py.
+_HEADER_RECIPE = re.compile(r"^# vislab \S+ resolved config of recipe '([^']+)'", re.MULTILINE)
+
+
+def config_header(version: str, recipe: str) -> str:
+    """The first line of a run's config.yaml: the vislab version and the recipe the run was made from."""
+    return f"# vislab {version} resolved config of recipe {recipe!r}\n"
+
+
+def header_recipe(config_text: str) -> str | None:
+    """The recipe a run's config.yaml names in its header (config_header), or None for a file without one."""
+    m = _HEADER_RECIPE.search(config_text)
+    return m.group(1) if m else None

@@ -11,8 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import header_recipe
 from .errors import ConfigError
+from .files import header_recipe
 
 if TYPE_CHECKING:  # matplotlib is imported only when something is drawn: `vislab recipes -v` stays light
     from matplotlib.axes import Axes

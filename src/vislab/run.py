@@ -32,7 +32,7 @@ from .build import (
     scheduler_kwargs,
     step_kwargs,
 )
-from .config import Config, config_header, config_to_yaml, load_config
+from .config import Config, config_to_yaml, load_config
 from .engine import (
     Callback,
     Checkpointer,
@@ -57,7 +57,7 @@ from .engine import (
 )
 from .env import determinism, device_name, setup_logging, versions
 from .errors import ConfigError, Interrupted, VislabError
-from .files import atomic_write_text, write_jsonl
+from .files import atomic_write_text, config_header, write_jsonl
 from .rundir import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,

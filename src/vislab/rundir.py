@@ -16,11 +16,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .config import Config, apply_overrides, header_recipe, load_config, parse_config_yaml, validate_config
+from .config import Config, apply_overrides, load_config, parse_config_yaml, validate_config
 from .engine import BEST, INTERRUPTED, LAST, best_row, checkpoint_exists, metric_mode
 from .errors import ConfigError, DataError, VislabError
 from .explain import checkpoint_key
-from .files import atomic_write_text, read_json, read_jsonl
+from .files import atomic_write_text, header_recipe, read_json, read_jsonl
 from .tuner import LR_FIND_JSON
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -215,20 +214,6 @@ def load_config(
     if overrides:
         where += " with overrides"
     return name, validate_config(data, where)
-
-
-_HEADER_RECIPE = re.compile(r"^# vislab \S+ resolved config of recipe '([^']+)'", re.MULTILINE)
-
-
-def config_header(version: str, recipe: str) -> str:
-    """The first line of a run's config.yaml: the vislab version and the recipe the run was made from."""
-    return f"# vislab {version} resolved config of recipe {recipe!r}\n"
-
-
-def header_recipe(config_text: str) -> str | None:
-    """The recipe a run's config.yaml names in its header (config_header), or None for a file without one."""
-    m = _HEADER_RECIPE.search(config_text)
-    return m.group(1) if m else None
 
 
 def config_to_yaml(cfg: Config, header: str = "") -> str:
