@@ -16,6 +16,7 @@ import vislab.results as results
 from vislab.cli import main
 from vislab.config import config_to_yaml, list_recipes, load_config
 from vislab.errors import ConfigError
+from vislab.files import auto_note, config_header, header_auto_notes, header_recipe, range_test_fields
 from vislab.report import compare_runs
 from vislab.results import (
     course_reference,
@@ -171,7 +172,20 @@ def test_run_recipe_from_config_summary_or_header(tmp_path):
 
 
 # What `vislab train` writes into config.yaml's header when the range test resolved an `auto` LR.
-RANGE_TEST_NOTE = "# sched.max_lr: auto -> 0.0026 (LR range test, min_loss_div10 suggestion; sweep in lr_find.json)\n"
+RANGE_TEST_NOTE = auto_note("sched.max_lr", 0.0026, "min_loss_div10")
+
+
+def test_config_header_is_read_back_from_the_leading_comment_block_only():
+    yaml = config_to_yaml(load_config("resnet9-onecycle", {"sched.max_lr": 0.0026})[1])
+    notes = [auto_note("optim.lr", 0.0026, "min_loss_div10"), auto_note("sched.max_lr", 0.0026, "min_loss_div10")]
+    text = config_header("0.1.0", "resnet9-onecycle") + "".join(notes) + yaml
+    assert header_recipe(text) == "resnet9-onecycle"
+    assert header_auto_notes(text) == notes
+    assert range_test_fields(text) == {"optim.lr", "sched.max_lr"}
+    # The same lines below the header, e.g. a comment a user added in the YAML, are not the run's record.
+    moved = yaml + config_header("0.1.0", "resnet18-bn") + "".join(notes)
+    assert header_recipe(moved) is None and header_auto_notes(moved) == [] and range_test_fields(moved) == set()
+    assert header_recipe(yaml) is None and range_test_fields(yaml) == set()
 
 
 def test_auto_lr_of_a_recipe_matches_the_number_the_range_test_resolved_not_one_given(tmp_path):
@@ -181,14 +195,14 @@ def test_auto_lr_of_a_recipe_matches_the_number_the_range_test_resolved_not_one_
         tmp_path / "r", "resnet9-onecycle", [50.0], overrides={"sched.max_lr": 0.0026}, header_notes=RANGE_TEST_NOTE
     )
     text = (resolved / "config.yaml").read_text()
-    assert results.range_test_fields(text) == {"sched.max_lr"}
+    assert range_test_fields(text) == {"sched.max_lr"}
     _, cfg = load_config(resolved / "config.yaml")
-    assert recipe_differences(cfg, recipe, results.range_test_fields(text)) == []
+    assert recipe_differences(cfg, recipe, range_test_fields(text)) == []
     # The same number given by hand (`--set sched.max_lr=0.0026`: no range test ran) is a different run.
     given = make_run(tmp_path / "g", "resnet9-onecycle", [50.0], overrides={"sched.max_lr": 0.0026})
     text = (given / "config.yaml").read_text()
     _, cfg = load_config(given / "config.yaml")
-    assert results.range_test_fields(text) == set()
+    assert range_test_fields(text) == set()
     assert [d.split(" (")[0] for d in recipe_differences(cfg, recipe)] == ["sched.max_lr = 0.0026"]
     recipes = {name: load_config(name)[1] for name in list_recipes()}
     assert run_recipe(cfg, text, None, recipes) == ("resnet9-onecycle", "named in config.yaml's header")

@@ -208,7 +208,7 @@ def test_trainer_loggers_from_yaml_and_set_and_on_resume(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text(config_to_yaml(load_config("quick")[1]))
-    _, cfg = read_resume_config(run_dir, ["trainer.loggers=[tensorboard]", "trainer.log_every_n_steps=5"])
+    _, cfg, _ = read_resume_config(run_dir, ["trainer.loggers=[tensorboard]", "trainer.log_every_n_steps=5"])
     assert cfg.trainer.loggers == ["tensorboard"] and cfg.trainer.log_every_n_steps == 5
 
 

@@ -144,8 +144,9 @@ def entry_from_run(
     """(the run's entry, the settings in which it differs from its recipe). A run that differs is refused as the
     recipe's own run unless `recipe` names it on purpose, or `trial` records it as a trial of the recipe."""
     from vislab.config import load_config
+    from vislab.files import range_test_fields
     from vislab.report import read_run
-    from vislab.results import describe_data, range_test_fields, recipe_differences, run_data, run_recipe
+    from vislab.results import describe_data, recipe_differences, run_data, run_recipe
 
     # Strict reads first: a damaged file is an error naming it, not a warning and a file read as missing.
     hist = _history(run_dir / "metrics.jsonl")

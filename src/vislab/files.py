@@ -72,8 +72,12 @@ def read_json(path: str | Path) -> Any:
         return None
 
 
-# config.yaml's first line, written by a run and read back by --resume and tools/results.py.
-_HEADER_RECIPE = re.compile(r"^# vislab \S+ resolved config of recipe '([^']+)'", re.MULTILINE)
+# config.yaml's header: a leading block of comment lines that a run writes and that --resume, `vislab compare` and
+# tools/results.py read back. Its first line names the vislab version and the recipe (config_header); an LR range test
+# that resolved an `auto` field adds one line per field (auto_note). Only that leading block is read: the YAML below
+# it is the config itself.
+_HEADER_RECIPE = re.compile(r"^# vislab \S+ resolved config of recipe '([^']+)'")
+_HEADER_AUTO = re.compile(r"^# (\w+\.\w+): auto -> \S+ \(LR range test")
 
 
 def config_header(version: str, recipe: str) -> str:
@@ -81,7 +85,33 @@ def config_header(version: str, recipe: str) -> str:
     return f"# vislab {version} resolved config of recipe {recipe!r}\n"
 
 
+def auto_note(field: str, value: float, method: str) -> str:
+    """The header line recording that the LR range test resolved `field` (e.g. "sched.max_lr") from `auto` to `value`."""
+    return f"# {field}: auto -> {value!r} (LR range test, {method} suggestion; sweep in lr_find.json)\n"
+
+
+def _header_lines(config_text: str) -> list[str]:
+    lines = []
+    for line in config_text.splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return lines
+
+
 def header_recipe(config_text: str) -> str | None:
     """The recipe a run's config.yaml names in its header (config_header), or None for a file without one."""
-    m = _HEADER_RECIPE.search(config_text)
-    return m.group(1) if m else None
+    for line in _header_lines(config_text):
+        if m := _HEADER_RECIPE.match(line.rstrip("\n")):
+            return m.group(1)
+    return None
+
+
+def header_auto_notes(config_text: str) -> list[str]:
+    """The auto_note lines of a run's config.yaml header, as written (a resumed run writes them again)."""
+    return [line for line in _header_lines(config_text) if _HEADER_AUTO.match(line)]
+
+
+def range_test_fields(config_text: str) -> frozenset[str]:
+    """The `auto` fields (e.g. "sched.max_lr") that the LR range test resolved, as config.yaml's header records them."""
+    return frozenset(_HEADER_AUTO.match(line).group(1) for line in header_auto_notes(config_text))

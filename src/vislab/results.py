@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .files import header_recipe
+from .files import header_recipe, range_test_fields
 
 if TYPE_CHECKING:  # matplotlib is imported only when something is drawn: `vislab recipes -v` stays light
     from matplotlib.axes import Axes
@@ -76,8 +75,6 @@ _WHERE_NOT_WHAT = {
     "trainer.checkpoint_minutes",  # mid-epoch checkpoints: a resumed run computes the same numbers (tested)
     "augment.workers",
 }
-# The line `vislab train` writes into config.yaml's header for each `auto` field the LR range test resolved.
-_HEADER_AUTO = re.compile(r"^# (\w+\.\w+): auto -> \S+ \(LR range test", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -201,11 +198,6 @@ def describe_data(data: Mapping[str, Any]) -> str:
 
 def _flat(cfg: Config) -> dict[str, Any]:
     return {f"{s}.{k}": v for s, sec in cfg.model_dump(mode="json").items() for k, v in sec.items()}
-
-
-def range_test_fields(config_text: str) -> frozenset[str]:
-    """The `auto` fields (e.g. "sched.max_lr") that the LR range test resolved, as config.yaml's header records them."""
-    return frozenset(_HEADER_AUTO.findall(config_text))
 
 
 def recipe_differences(config: Config, recipe: Config, resolved: frozenset[str] = frozenset()) -> list[str]:

@@ -57,7 +57,7 @@ from .engine import (
 )
 from .env import determinism, device_name, setup_logging, versions
 from .errors import ConfigError, Interrupted, VislabError
-from .files import atomic_write_text, config_header, write_jsonl
+from .files import atomic_write_text, auto_note, config_header, write_jsonl
 from .rundir import (
     CHECKPOINTS_DIR,
     CONFIG_FILE,
@@ -257,9 +257,10 @@ def train(
     setup_logging()
     if resume is not None:
         run_dir = Path(resume)
-        name, cfg = read_resume_config(run_dir, overrides)
+        name, cfg, auto_notes = read_resume_config(run_dir, overrides)
     else:
         name, cfg = load_config(recipe, overrides)
+        auto_notes = []
     check_loggers(cfg)
     auto = _auto_fields(cfg)
     if auto and resume is not None:
@@ -381,15 +382,13 @@ def train(
             # Rows of an epoch whose checkpoint never landed are dropped: that epoch runs again.
             if dist.is_main:
                 write_jsonl(run_dir / METRICS_FILE, trainer.history)
-        header = config_header(__version__, name)
-        if resume is not None:
-            # What the first run noted under its header (e.g. which LR an `auto` became) stays on resume.
-            header += "".join(_auto_notes((run_dir / CONFIG_FILE).read_text()))
+        # What the first run noted under its header (e.g. which LR an `auto` became) stays on resume.
+        header = config_header(__version__, name) + "".join(auto_notes)
         if finder is not None:
             finder.save(run_dir)
             sugg = finder.suggestions()
             for field_name in auto:
-                header += f"# {field_name}: auto -> {sugg['chosen']!r} (LR range test, {sugg['method']} suggestion; sweep in lr_find.json)\n"
+                header += auto_note(field_name, sugg["chosen"], sugg["method"])
         if dist.is_main:
             atomic_write_text(run_dir / CONFIG_FILE, header + config_to_yaml(cfg))
             write_data_info(run_dir, ds)
@@ -429,17 +428,6 @@ def train(
         summary["lr_find"] = {"fields": auto, **finder.to_dict()["chosen"], "seconds": finder.results["seconds"]}
     _finish(run_dir, summary, ds, dist, t.report, loggers)
     return Run(run_dir=run_dir, config=cfg, model=model, history=trainer.history, summary=summary)
-
-
-def _auto_notes(config_text: str) -> list[str]:
-    """The `# FIELD: auto -> VALUE (...)` lines of a config.yaml's header comment."""
-    notes = []
-    for line in config_text.splitlines(keepends=True):
-        if not line.startswith("#"):
-            break
-        if ": auto -> " in line:
-            notes.append(line)
-    return notes
 
 
 def _tta_figures(cfg: Config, ds, trainer: Trainer, device, precision, channels_last: bool) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from .config import Config, apply_overrides, load_config, parse_config_yaml, val
 from .engine import BEST, INTERRUPTED, LAST, best_row, checkpoint_exists, metric_mode
 from .errors import ConfigError, DataError, VislabError
 from .explain import checkpoint_key
-from .files import atomic_write_text, header_recipe, read_json, read_jsonl
+from .files import atomic_write_text, header_auto_notes, header_recipe, read_json, read_jsonl
 from .tuner import LR_FIND_JSON
 
 log = logging.getLogger(__name__)
@@ -287,11 +287,13 @@ RESUME_OVERRIDABLE = {
 }
 
 
-def read_resume_config(run_dir: Path, overrides=None) -> tuple[str, Config]:
-    """(recipe name, config) of a run folder to resume, with the overrides a resume may change; refuses the rest.
+def read_resume_config(run_dir: Path, overrides=None) -> tuple[str, Config, list[str]]:
+    """(recipe name, config, header auto notes) of a run folder to resume, with the overrides a resume may change;
+    refuses the rest.
 
     The recipe is the one config.yaml's header names (the folder's own name for a file without that header), so a
-    resumed variant in a folder of its own, e.g. runs/resnet9-onecycle-lr0027, still says which recipe it ran.
+    resumed variant in a folder of its own, e.g. runs/resnet9-onecycle-lr0027, still says which recipe it ran. The
+    auto notes (which LR an `auto` field became) go into the resumed run's config.yaml again.
     """
     refuse_lr_find_folder(run_dir, "--resume")
     cfg_path = run_dir / CONFIG_FILE
@@ -315,7 +317,7 @@ def read_resume_config(run_dir: Path, overrides=None) -> tuple[str, Config]:
                     f"Allowed on resume: {', '.join(sorted(RESUME_OVERRIDABLE))}, and trainer.epochs for the plateau, step "
                     f"and none schedules; start a new run to change {key}."
                 )
-    return header_recipe(text) or run_dir.name, cfg
+    return header_recipe(text) or run_dir.name, cfg, header_auto_notes(text)
 
 
 def run_repr(kind: str, run_dir: Path, cfg: Config, history: list[dict[str, Any]]) -> str:

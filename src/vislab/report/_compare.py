@@ -11,14 +11,13 @@ from typing import Any
 
 from ..config import list_recipes, load_config
 from ..errors import ConfigError
-from ..files import atomic_write_text, read_json
+from ..files import atomic_write_text, range_test_fields, read_json
 from ..plots import plot_compare
 from ..results import (
     COURSE_SETUP,
     CourseReference,
     course_references,
     plot_course_curve,
-    range_test_fields,
     recipe_differences,
     run_data,
     run_recipe,
