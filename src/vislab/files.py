@@ -102,7 +102,7 @@ def _header_lines(config_text: str) -> list[str]:
 def header_recipe(config_text: str) -> str | None:
     """The recipe a run's config.yaml names in its header (config_header), or None for a file without one."""
     for line in _header_lines(config_text):
-        if m := _HEADER_RECIPE.match(line.rstrip("\n")):
+        if m := _HEADER_RECIPE.match(line):
             return m.group(1)
     return None
 
@@ -114,4 +114,4 @@ def header_auto_notes(config_text: str) -> list[str]:
 
 def range_test_fields(config_text: str) -> frozenset[str]:
     """The `auto` fields (e.g. "sched.max_lr") that the LR range test resolved, as config.yaml's header records them."""
-    return frozenset(_HEADER_AUTO.match(line).group(1) for line in header_auto_notes(config_text))
+    return frozenset(m.group(1) for line in _header_lines(config_text) if (m := _HEADER_AUTO.match(line)))
