@@ -49,7 +49,7 @@ def test_recipes_encode_the_course_settings():
         8,
     )
     _, sgd = load_config("resnet18-sgd-plateau")
-    assert r9.sched.max_lr == "auto" and sgd.optim.lr == "auto"
+    assert r9.sched.max_lr == 0.0027 and sgd.optim.lr == "auto"
     assert (sgd.model.last_stride, sgd.sched.monitor, sgd.sched.mode, sgd.sched.patience, sgd.sched.threshold) == (
         1,
         "test_acc",

@@ -172,7 +172,7 @@ def test_run_recipe_from_config_summary_or_header(tmp_path):
 
 
 # What `vislab train` writes into config.yaml's header when the range test resolved an `auto` LR.
-RANGE_TEST_NOTE = auto_note("sched.max_lr", 0.0026, "min_loss_div10")
+RANGE_TEST_NOTE = auto_note("optim.lr", 0.05, "min_loss_div10")
 
 
 def test_config_header_is_read_back_from_the_leading_comment_block_only():
@@ -189,39 +189,55 @@ def test_config_header_is_read_back_from_the_leading_comment_block_only():
 
 
 def test_auto_lr_of_a_recipe_matches_the_number_the_range_test_resolved_not_one_given(tmp_path):
-    recipe = load_config("resnet9-onecycle")[1]
-    assert recipe.sched.max_lr == "auto"
+    recipe = load_config("resnet18-sgd-plateau")[1]
+    assert recipe.optim.lr == "auto"
     resolved = make_run(
-        tmp_path / "r", "resnet9-onecycle", [50.0], overrides={"sched.max_lr": 0.0026}, header_notes=RANGE_TEST_NOTE
+        tmp_path / "r", "resnet18-sgd-plateau", [50.0], overrides={"optim.lr": 0.05}, header_notes=RANGE_TEST_NOTE
     )
     text = (resolved / "config.yaml").read_text()
-    assert range_test_fields(text) == {"sched.max_lr"}
+    assert range_test_fields(text) == {"optim.lr"}
     _, cfg = load_config(resolved / "config.yaml")
     assert recipe_differences(cfg, recipe, range_test_fields(text)) == []
-    # The same number given by hand (`--set sched.max_lr=0.0026`: no range test ran) is a different run.
-    given = make_run(tmp_path / "g", "resnet9-onecycle", [50.0], overrides={"sched.max_lr": 0.0026})
+    # The same number given by hand (`--set optim.lr=0.05`: no range test ran) is a different run.
+    given = make_run(tmp_path / "g", "resnet18-sgd-plateau", [50.0], overrides={"optim.lr": 0.05})
     text = (given / "config.yaml").read_text()
     _, cfg = load_config(given / "config.yaml")
     assert range_test_fields(text) == set()
-    assert [d.split(" (")[0] for d in recipe_differences(cfg, recipe)] == ["sched.max_lr = 0.0026"]
+    assert recipe_differences(cfg, recipe) == ["optim.lr = 0.05 (recipe: 'auto') (a number given, not the LR range test's)"]
     recipes = {name: load_config(name)[1] for name in list_recipes()}
-    assert run_recipe(cfg, text, None, recipes) == ("resnet9-onecycle", "named in config.yaml's header")
-    _, cfg2 = load_config("resnet9-onecycle", {"optim.name": "sgd"})
-    assert recipe_differences(cfg2, recipe) == ["optim.name = 'sgd' (recipe: 'adam')"]
+    assert run_recipe(cfg, text, None, recipes) == ("resnet18-sgd-plateau", "named in config.yaml's header")
+    _, cfg2 = load_config("resnet18-sgd-plateau", {"trainer.epochs": 2})
+    assert recipe_differences(cfg2, recipe) == ["trainer.epochs = 2 (recipe: 50)"]
+    # A recipe with a fixed LR (resnet9-onecycle's peak): a run that read its peak from the range test
+    # differs from it, and the difference says where the run's number came from.
+    r9 = load_config("resnet9-onecycle")[1]
+    assert isinstance(r9.sched.max_lr, float)
+    read = make_run(
+        tmp_path / "t",
+        "resnet9-onecycle",
+        [50.0],
+        overrides={"sched.max_lr": 0.00102},
+        header_notes=auto_note("sched.max_lr", 0.00102, "min_loss_div10"),
+    )
+    text = (read / "config.yaml").read_text()
+    _, cfg3 = load_config(read / "config.yaml")
+    assert recipe_differences(cfg3, r9, range_test_fields(text)) == [
+        f"sched.max_lr = 0.00102 (recipe: {r9.sched.max_lr!r}) (the LR range test's reading)"
+    ]
 
 
 def test_compare_reference_names_a_given_lr_but_not_where_the_run_ran(tmp_path):
     run = make_run(
-        tmp_path / "runs" / "lr0027",
+        tmp_path / "runs" / "lr005",
         "resnet9-onecycle",
         [50.0],
-        overrides={"sched.max_lr": 0.0027, "trainer.checkpoint_minutes": 10, "trainer.loggers": ["tensorboard"]},
+        overrides={"sched.max_lr": 0.005, "trainer.checkpoint_minutes": 10, "trainer.loggers": ["tensorboard"]},
     )
     res = compare_runs([run], out=tmp_path / "cmp", reference=True)
     diffs = res.references[0]["differences"]
-    assert [d.split(" (")[0] for d in diffs] == ["sched.max_lr = 0.0027"]
+    assert [d.split(" (")[0] for d in diffs] == ["sched.max_lr = 0.005"]
     md = _flat((tmp_path / "cmp" / "compare.md").read_text())
-    assert "sched.max_lr = 0.0027" in md and "checkpoint_minutes" not in md and "loggers" not in md
+    assert "sched.max_lr = 0.005" in md and "checkpoint_minutes" not in md and "loggers" not in md
 
 
 # --- vislab compare --reference and the data columns -------------------------------------------------------------
@@ -535,29 +551,27 @@ def test_results_tool_refuses_a_variant_as_the_recipe_and_records_it_as_a_trial(
         tmp_path / "runs" / "resnet9-onecycle",
         "resnet9-onecycle",
         [50.0, 60.0],
-        overrides={"sched.max_lr": 0.0026},
-        header_notes=RANGE_TEST_NOTE,
     )
     assert tool.main([str(r9), "--commit", "c1", "--machine", "M", *paths]) == 0
     before = _tree_bytes(docs, readme)
 
-    # The LR trial: the recipe's header, a peak LR given by hand, better figures.
+    # An LR trial: the recipe's header, another peak LR given by hand, better figures.
     trial = make_run(
-        tmp_path / "runs" / "lr0027", "resnet9-onecycle", [52.0, 63.5, 63.0], overrides={"sched.max_lr": 0.0027}
+        tmp_path / "runs" / "lr005", "resnet9-onecycle", [52.0, 63.5, 63.0], overrides={"sched.max_lr": 0.005}
     )
     assert tool.main([str(trial), "--commit", "c2", "--machine", "M", *paths]) == 2
     err = capsys.readouterr().err
-    assert "sched.max_lr = 0.0027" in err and "--as NAME" in err and len(err.strip().splitlines()) == 1
+    assert "sched.max_lr = 0.005" in err and "--as NAME" in err and len(err.strip().splitlines()) == 1
     assert _tree_bytes(docs, readme) == before  # refused: nothing written
 
     for bad in ("resnet9-onecycle", "Has Space"):
         assert tool.main([str(trial), "--as", bad, "--commit", "c2", "--machine", "M", *paths]) == 2
         assert "--as" in capsys.readouterr().err
-    assert tool.main([str(trial), "--as", "r9-lr0027", "--commit", "c2", "--machine", "M", *paths]) == 0
-    assert "r9-lr0027 (trial of resnet9-onecycle)" in capsys.readouterr().out
+    assert tool.main([str(trial), "--as", "r9-lr005", "--commit", "c2", "--machine", "M", *paths]) == 0
+    assert "r9-lr005 (trial of resnet9-onecycle)" in capsys.readouterr().out
     entries = json.loads((docs / "results.json").read_text())
     assert [(e["recipe"], e["final_test_acc"], e["commit"]) for e in entries] == [("resnet9-onecycle", 60.0, "c1")]
-    folder = docs / "results" / "r9-lr0027"
+    folder = docs / "results" / "r9-lr005"
     assert (folder / "metrics.jsonl").read_bytes() == (trial / "metrics.jsonl").read_bytes()
     assert (folder / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((folder / "trial.json").read_text())
@@ -566,15 +580,15 @@ def test_results_tool_refuses_a_variant_as_the_recipe_and_records_it_as_a_trial(
         63.5,
         "c2",
     )
-    assert [d.split(" (")[0] for d in saved["differences"]] == ["sched.max_lr = 0.0027"]
+    assert [d.split(" (")[0] for d in saved["differences"]] == ["sched.max_lr = 0.005"]
     md = (docs / "results.md").read_text()
-    row = next(ln for ln in md.splitlines() if ln.startswith("| `r9-lr0027` |"))
-    assert "| `resnet9-onecycle` | sched.max_lr = 0.0027" in row and "| 63.00 | 63.50 | 3/24 | 60.00 (2/24) |" in row
+    row = next(ln for ln in md.splitlines() if ln.startswith("| `r9-lr005` |"))
+    assert "| `resnet9-onecycle` | sched.max_lr = 0.005" in row and "| 63.00 | 63.50 | 3/24 | 60.00 (2/24) |" in row
     course = course_reference("resnet9-onecycle")
     # The same-epoch column: the recipe's recorded run has no epoch 3, the course does.
     assert f"| 63.00 / — / {course.at_epoch(3):.2f} at epoch 3 |" in row
     # An unfinished trial is judged at its last epoch, beside the recipe's run and the course at that epoch.
-    early = make_run(tmp_path / "runs" / "early", "resnet9-onecycle", [51.0, 61.5], overrides={"sched.max_lr": 0.0027})
+    early = make_run(tmp_path / "runs" / "early", "resnet9-onecycle", [51.0, 61.5], overrides={"sched.max_lr": 0.005})
     assert tool.main([str(early), "--as", "r9-early", "--commit", "c2", "--machine", "M", *paths]) == 0
     row = next(ln for ln in (docs / "results.md").read_text().splitlines() if ln.startswith("| `r9-early` |"))
     assert "in progress: 2 of 24 epochs" in row and f"| 61.50 / 60.00 / {course.at_epoch(2):.2f} at epoch 2 |" in row

@@ -204,7 +204,7 @@ def recipe_differences(config: Config, recipe: Config, resolved: frozenset[str] 
     """The settings in which a run's `config` differs from a recipe's (data and where-it-ran settings aside).
 
     A recipe's `auto` learning rate matches the number a run resolved with the range test (`resolved`:
-    `range_test_fields` of its config.yaml), not a number given by hand (`--set sched.max_lr=0.0027`).
+    `range_test_fields` of its config.yaml), not a number given by hand (`--set optim.lr=0.05`).
     """
     mine, theirs = _flat(config), _flat(recipe)
     out = []
@@ -215,9 +215,11 @@ def recipe_differences(config: Config, recipe: Config, resolved: frozenset[str] 
         if want == "auto" and isinstance(got, (int, float)) and key in resolved:
             continue
         if got != want:
-            how = (
-                " (a number given, not the LR range test's)" if want == "auto" and isinstance(got, (int, float)) else ""
-            )
+            how = ""
+            if want == "auto" and isinstance(got, (int, float)):
+                how = " (a number given, not the LR range test's)"
+            elif key in resolved:  # the recipe fixes the LR that this run read from its range test
+                how = " (the LR range test's reading)"
             out.append(f"{key} = {got!r} (recipe: {want!r}){how}")
     return out
 
