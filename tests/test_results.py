@@ -203,7 +203,9 @@ def test_auto_lr_of_a_recipe_matches_the_number_the_range_test_resolved_not_one_
     text = (given / "config.yaml").read_text()
     _, cfg = load_config(given / "config.yaml")
     assert range_test_fields(text) == set()
-    assert recipe_differences(cfg, recipe) == ["optim.lr = 0.05 (recipe: 'auto') (a number given, not the LR range test's)"]
+    assert recipe_differences(cfg, recipe) == [
+        "optim.lr = 0.05 (recipe: 'auto') (a number given, not the LR range test's)"
+    ]
     recipes = {name: load_config(name)[1] for name in list_recipes()}
     assert run_recipe(cfg, text, None, recipes) == ("resnet18-sgd-plateau", "named in config.yaml's header")
     _, cfg2 = load_config("resnet18-sgd-plateau", {"trainer.epochs": 2})
