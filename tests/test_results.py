@@ -276,6 +276,20 @@ def test_course_curve_is_drawn_on_the_given_axes():
     assert [list(ln.get_ydata()) for ln in fig.axes[0].lines] == [[30.0, 45.0], list(ref.curve)]
 
 
+def test_a_first_epoch_under_the_course_curve_is_not_covered_by_the_legend():
+    # One epoch, low and left, beside a 40-epoch course curve: every spot inside the axes covers some data, so
+    # the legend goes under the axes, and the run's point stays in view.
+    fig = results.plot_vs_course([{"epoch": 1, "test_acc": 23.74}], course_reference("resnet18-ln-plateau"))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    ax, renderer = fig.axes[0], FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)  # the layout is settled only by drawing
+    legend_box, axes_box = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend_box.y1 <= axes_box.y0 and not legend_box.overlaps(axes_box)
+    y0, y1 = ax.get_ylim()
+    assert y0 < 23.74 < y1 and fig.get_window_extent().contains(legend_box.x0, legend_box.y0)
+
+
 def test_compare_reference_of_the_layernorm_recipe_says_the_curve_is_another_attempt(tmp_path):
     run = make_run(tmp_path / "ln", "resnet18-ln-plateau", [30.0, 40.0])
     res = compare_runs([run], out=tmp_path / "cmp", reference=True)

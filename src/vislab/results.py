@@ -281,6 +281,7 @@ def plot_vs_course(
     from matplotlib.figure import Figure
 
     from .plots import PALETTE
+    from .plots._style import legend_below
 
     if ax is None:
         fig = Figure(figsize=(5.0, 3.2), dpi=110, layout="constrained")  # pyplot-free: safe headless
@@ -296,5 +297,5 @@ def plot_vs_course(
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize="x-small")
+        legend_below(ax)
     return ax.figure

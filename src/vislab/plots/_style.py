@@ -23,3 +23,10 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axe
 
 def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
+
+
+def legend_below(ax: Axes, fontsize: str = "x-small") -> None:
+    """The legend under the axes, outside the plotting area. For a plot with a full-length reference curve (the
+    course's), where every spot inside the axes covers data: a run's first epochs, drawn low and left, would
+    otherwise sit under the legend. Constrained layout makes room for it."""
+    ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)

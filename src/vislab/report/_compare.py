@@ -13,6 +13,7 @@ from ..config import list_recipes, load_config
 from ..errors import ConfigError
 from ..files import atomic_write_text, range_test_fields, read_json
 from ..plots import plot_compare
+from ..plots._style import legend_below
 from ..results import (
     COURSE_SETUP,
     CourseReference,
@@ -344,7 +345,7 @@ def compare_runs(
         acc = fig.axes[1]  # plot_compare's accuracy panel
         for ref in {r["reference"].recipe: r["reference"] for r in refs if r["reference"]}.values():
             plot_course_curve(ref, acc)
-        acc.legend(fontsize="small")
+        legend_below(acc, "small")
     doc.image(
         "compare.png",
         fig,
