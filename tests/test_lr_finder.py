@@ -67,7 +67,7 @@ def test_suggestions_on_an_analytic_curve():
     s = suggest(lrs, y)
     i_best = int(np.argmin(y))
     assert s["steepest"] == pytest.approx(1e-3, rel=0.13)  # within one grid step (0.05 decade)
-    assert s["min_loss_div10"] == pytest.approx(lrs[i_best] / 10)
+    assert s["min_loss"] == lrs[i_best] and s["min_loss_div10"] == pytest.approx(lrs[i_best] / 10)
     lo, hi = s["onecycle"]
     assert hi == lrs[i_best] and lo == lrs[np.argmax(y <= y[0] - 0.1 * (y[0] - y[i_best]))]
     # The valley lies on the falling stretch, below the minimum.
@@ -247,7 +247,7 @@ def test_suggestion_lies_in_the_good_lr_range_of_a_synthetic_problem():
     finder.range_test(1e-5, 1e3, 100)
     s = finder.suggestions()
     assert finder.results["stop_reason"] == "diverged" and not s["flat"]
-    for name in ("valley", "min_loss_div10"):
+    for name in ("valley", "min_loss", "min_loss_div10"):
         assert lo1 <= s[name] <= hi1, (name, s[name], lo1, hi1)
     # Steepest descent sits where the loss falls fastest, below the best LRs by design: within the 5% band.
     assert lo5 <= s["steepest"] <= hi5, (s["steepest"], lo5, hi5)
@@ -430,7 +430,7 @@ def test_linear_mode_and_plot(tmp_path):
     folder = finder.save(tmp_path / "out")
     assert (folder / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((folder / "lr_find.json").read_text())
-    assert set(saved["suggestions"]) == {"valley", "steepest", "min_loss_div10", "onecycle"}
+    assert set(saved["suggestions"]) == {"valley", "steepest", "min_loss", "min_loss_div10", "onecycle"}
     assert saved["chosen"] == {"method": "onecycle", "lr": saved["suggestions"]["onecycle"][1]}
     assert saved["smoothed_loss"] == pytest.approx(smooth(saved["loss"], 0.05))
 
@@ -453,8 +453,9 @@ SWEEP = {"lr_find.num_iter": 30, "lr_find.start_lr": 1e-4, "lr_find.end_lr": 100
             },
             "onecycle",
         ),
+        ({"trainer.precision": "fp32", "lr_find.suggestion": "min_loss"}, "min_loss"),
     ],
-    ids=["fp32-tensor-cosine", "bf16-albumentations-onecycle"],
+    ids=["fp32-tensor-cosine", "bf16-albumentations-onecycle", "fp32-min-loss"],
 )
 def test_lr_find_on_a_recipe_writes_its_files(tiny_overrides, tmp_path, extra, method):
     finder = lr_find("quick", {**tiny_overrides, **SWEEP, **extra}, out=tmp_path / "lf")
@@ -464,6 +465,9 @@ def test_lr_find_on_a_recipe_writes_its_files(tiny_overrides, tmp_path, extra, m
     assert saved["chosen"] == {"method": method, "lr": finder.suggestion()} and saved["measure"] == "loss"
     assert len(saved["lr"]) == len(saved["loss"]) == len(saved["smoothed_loss"]) == saved["steps"] > 12
     assert (tmp_path / "lf" / "lr_find.png").is_file()
+    if method == "min_loss":  # the LR of the lowest smoothed loss, the first num_iter // 10 points skipped
+        skip = SWEEP["lr_find.num_iter"] // 10
+        assert saved["chosen"]["lr"] == saved["lr"][skip + int(np.argmin(saved["smoothed_loss"][skip:]))]
     assert load_config(tmp_path / "lf" / "config.yaml")[1].lr_find.num_iter == 30
 
 

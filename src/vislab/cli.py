@@ -32,7 +32,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_lr_find(args: argparse.Namespace) -> int:
     from .run import lr_find
-    from .tuner import RangeTestError
+    from .tuner import RangeTestError, format_suggestions
 
     finder = lr_find(args.recipe, args.set, out=args.out, save=True)
     r = finder.results
@@ -40,13 +40,10 @@ def _cmd_lr_find(args: argparse.Namespace) -> int:
         s = finder.suggestions()
     except RangeTestError as e:
         raise RangeTestError(f"{e} The measured sweep is in {finder.run_dir}.") from None
-    lo, hi = s["onecycle"]
     print(
         f"chosen lr {s['chosen']:.3g} ({s['method']}); {r['steps']} of {r['num_iter']} steps ({r['stop_reason']}) in {r['seconds']:.1f} s"
     )
-    print(
-        f"suggestions: valley {s['valley']:.3g}, steepest {s['steepest']:.3g}, min_loss_div10 {s['min_loss_div10']:.3g}, onecycle {lo:.3g} .. {hi:.3g}"
-    )
+    print(f"suggestions: {format_suggestions(s)}")
     for w in s["warnings"]:
         print(f"warning: {w}")
     print(f"to train with it: {_lr_override(args, s['chosen'])}")

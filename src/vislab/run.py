@@ -148,14 +148,9 @@ def _range_test(
     return finder
 
 
-def _format_suggestions(s: dict[str, Any]) -> str:
-    lo, hi = s["onecycle"]
-    return f"valley {s['valley']:.3g}, steepest {s['steepest']:.3g}, min_loss_div10 {s['min_loss_div10']:.3g}, onecycle {lo:.3g} .. {hi:.3g}"
-
-
 def _resolve_auto_lr(cfg: Config, fields: list[str], finder: LRFinder) -> float:
     """Put the range test's chosen LR into the `auto` fields of `cfg`; a flat or too short sweep is an error."""
-    from .tuner import RangeTestError
+    from .tuner import RangeTestError, format_suggestions
 
     hint = "Run `vislab lr-find` with the same settings to see the curve, adjust the lr_find section, or set the LR yourself."
     try:
@@ -176,7 +171,7 @@ def _resolve_auto_lr(cfg: Config, fields: list[str], finder: LRFinder) -> float:
         " and ".join(fields),
         lr,
         s["method"],
-        _format_suggestions(s),
+        format_suggestions(s),
     )
     return lr
 

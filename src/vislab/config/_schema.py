@@ -223,7 +223,7 @@ class LRFindConfig(_Section):
         0.05, ge=0.0, lt=1.0
     )  # weight of the newest value in the smoothed curve; 0 disables smoothing
     diverge_th: float = Field(5.0, gt=1.0)  # stop once the smoothed loss exceeds diverge_th x its best value
-    suggestion: Literal["valley", "steepest", "min_loss_div10", "onecycle"] | None = (
+    suggestion: Literal["valley", "steepest", "min_loss", "min_loss_div10", "onecycle"] | None = (
         None  # what auto uses; None: onecycle's peak under OneCycle, else valley
     )
 

@@ -9,7 +9,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SUGGESTIONS = ("valley", "steepest", "min_loss_div10", "onecycle")
+SUGGESTIONS = ("valley", "steepest", "min_loss", "min_loss_div10", "onecycle")
 DEFAULT_SUGGESTION = "valley"  # fastai's default since 2.4: less fragile than the steepest point
 MEASURES = ("loss", "val_loss", "accuracy")
 MIN_POINTS = 10  # fewest usable points a suggestion is computed from
@@ -115,7 +115,8 @@ def suggest(lrs: Sequence[float], values: Sequence[float]) -> dict[str, Any]:
 
     Points must already be finite and trimmed. Returns the LR of each method, the OneCycle pair and
     the curve's relative drop (the flatness check): steepest = steepest descent against log10(LR);
-    valley = fastai's valley; min_loss_div10 = LR of the lowest point / 10; onecycle = (LR where the
+    valley = fastai's valley; min_loss = LR of the lowest point (the course notebooks' reading of a
+    torch-lr-finder sweep: the LR at the argmin of its loss history); min_loss_div10 = that / 10; onecycle = (LR where the
     curve has covered ONECYCLE_RISE of its fall, LR of the lowest point), after Smith's CLR bounds.
     """
     lr = np.asarray(lrs, dtype=np.float64)
@@ -135,12 +136,20 @@ def suggest(lrs: Sequence[float], values: Sequence[float]) -> dict[str, Any]:
     return {
         "valley": float(lr[i_valley]),
         "steepest": float(lr[i_steep]),
+        "min_loss": float(lr[i_best]),
         "min_loss_div10": float(lr[i_best] / 10),
         "onecycle": (float(lr[i_low]), float(lr[i_best])),
         "best_lr": float(lr[i_best]),
         "relative_drop": float(fall / max(abs(y[0]), 1e-12)),
         "best_is_last": i_best == len(y) - 1,
     }
+
+
+def format_suggestions(s: Mapping[str, Any]) -> str:
+    """Every suggestion of `LRFinder.suggestions()` on one line (the CLI and the training log print it)."""
+    lo, hi = s["onecycle"]
+    readings = ", ".join(f"{k} {s[k]:.3g}" for k in SUGGESTIONS if k != "onecycle")
+    return f"{readings}, onecycle {lo:.3g} .. {hi:.3g}"
 
 
 class _Feed:
@@ -452,8 +461,9 @@ class LRFinder:
         if s["relative_drop"] < FLAT_TOL:
             warnings.append(
                 f"flat curve: the smoothed {r['measure']} never got more than {100 * FLAT_TOL:.0f}% better than where it started "
-                f"({100 * s['relative_drop']:.1f}%), so no suggestion is reliable. Lower start_lr (now {r['start_lr']:.3g}), "
-                f"raise end_lr or num_iter, or check that the model learns at all."
+                f"({100 * s['relative_drop']:.1f}%), so no suggestion is reliable. Give the loss more steps where it moves: "
+                f"raise num_iter (now {r['num_iter']}), or narrow start_lr..end_lr (now {r['start_lr']:.3g}..{r['end_lr']:.3g}) "
+                f"to the LRs where it falls and then rises; or check that the model learns at all."
             )
         if s["best_is_last"] and r["stop_reason"] == "completed":
             warnings.append(
@@ -507,7 +517,7 @@ class LRFinder:
         if sugg is not None:
             lo, hi = sugg["onecycle"]
             ax.axvspan(lo, hi, color="C2", alpha=0.12, label=f"onecycle {lo:.2g} .. {hi:.2g}")
-            for i, name in enumerate(("valley", "steepest", "min_loss_div10")):
+            for i, name in enumerate(("valley", "steepest", "min_loss", "min_loss_div10")):
                 lr = sugg[name]
                 chosen = " (chosen)" if self.method == name else ""
                 ax.axvline(
