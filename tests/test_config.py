@@ -167,3 +167,16 @@ def test_config_reference_lists_every_field():
         assert f"## `{section}`" in doc
         for key in sec_field.annotation.model_fields:
             assert f"| `{key}` |" in doc, f"docs/config.md lacks {section}.{key}; run tools/gen_config_docs.py"
+
+
+def test_config_reference_is_generated_from_the_schema():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_config_docs", root / "tools" / "gen_config_docs.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    schema = (root / "src" / "vislab" / "config" / "_schema.py").read_text()
+    doc = (root / "docs" / "config.md").read_text()
+    assert tool.render(schema) == doc, "docs/config.md differs from the schema; run python tools/gen_config_docs.py"

@@ -180,11 +180,13 @@ class TrainerConfig(_Section):
     drop_last: bool = True  # drop the last incomplete training batch
     report: bool = True  # write report.md / report.html into the run folder at the end
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
-    loggers: list[LoggerName] = []  # also write the metrics to: tensorboard (event files in <run>/tensorboard/)
+    loggers: list[
+        LoggerName
+    ] = []  # also write the metrics to: tensorboard (event files in `RUN/tensorboard/`; needs `pip install 'vislab[tensorboard]'`, see [tensorboard.md](tensorboard.md)); `--set trainer.loggers=[tensorboard]`; may change on `--resume`
     log_every_n_steps: int = Field(50, gt=0)  # loggers: training loss and LR every this many optimizer steps
-    # Also save checkpoints/partial inside an epoch every this many minutes (tensor backend): a killed run then
-    # resumes from there, exactly, instead of repeating the whole epoch. None: at epoch ends only.
-    checkpoint_minutes: float | None = Field(None, gt=0.0)
+    checkpoint_minutes: float | None = Field(
+        None, gt=0.0
+    )  # also save `checkpoints/partial` inside an epoch every this many minutes (tensor backend): a killed run then resumes from there, exactly, instead of repeating the whole epoch; None: at epoch ends only; may change on `--resume`
 
     @field_validator("loggers", mode="before")
     @classmethod
