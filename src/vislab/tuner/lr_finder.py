@@ -461,7 +461,8 @@ class LRFinder:
         if s["relative_drop"] < FLAT_TOL:
             warnings.append(
                 f"flat curve: the smoothed {r['measure']} never got more than {100 * FLAT_TOL:.0f}% better than where it started "
-                f"({100 * s['relative_drop']:.1f}%), so no suggestion is reliable. Give the loss more steps where it moves: "
+                f"({100 * s['relative_drop']:.1f}%; its best point was at lr {s['min_loss']:.3g}), so no suggestion is reliable. "
+                f"Give the loss more steps where it moves: "
                 f"raise num_iter (now {r['num_iter']}), or narrow start_lr..end_lr (now {r['start_lr']:.3g}..{r['end_lr']:.3g}) "
                 f"to the LRs where it falls and then rises; or check that the model learns at all."
             )
