@@ -418,8 +418,7 @@ def replace_block(text: str, name: str, body: str, where: Path) -> str:
 
 def draw_curve(name: str, docs: Path, recipe: str | None = None) -> None:
     """docs/results/<name>/curve.png: the run beside the course; a trial (`recipe` given) also beside the recipe's run."""
-    from vislab.plots import PALETTE
-    from vislab.plots._style import legend_below
+    from vislab.plots import PALETTE, legend_below
     from vislab.report._render import figure_png
     from vislab.results import plot_vs_course
 

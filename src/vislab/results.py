@@ -280,8 +280,7 @@ def plot_vs_course(
     """vislab's per-epoch test accuracy beside the course's (when a curve was published)."""
     from matplotlib.figure import Figure
 
-    from .plots import PALETTE
-    from .plots._style import legend_below
+    from .plots import PALETTE, legend_below
 
     if ax is None:
         fig = Figure(figsize=(5.0, 3.2), dpi=110, layout="constrained")  # pyplot-free: safe headless

@@ -12,8 +12,7 @@ from typing import Any
 from ..config import list_recipes, load_config
 from ..errors import ConfigError
 from ..files import atomic_write_text, range_test_fields, read_json
-from ..plots import plot_compare
-from ..plots._style import legend_below
+from ..plots import legend_below, plot_compare
 from ..results import (
     COURSE_SETUP,
     CourseReference,
