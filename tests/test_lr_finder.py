@@ -572,4 +572,4 @@ def test_steepest_ignores_descents_after_the_minimum():
     # Falls gently to a minimum at index 25, diverges, then drops sharply from a spike.
     y = np.concatenate([np.linspace(5.0, 2.0, 26), [4.0, 7.0, 9.0, 3.5], np.linspace(3.4, 3.0, 10)])
     s = suggest(lrs, y)
-    assert s["steepest"] <= lrs[25] and s["best_lr"] == lrs[25]
+    assert s["steepest"] <= lrs[25] and s["min_loss"] == lrs[25]

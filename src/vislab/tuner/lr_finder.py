@@ -115,8 +115,8 @@ def suggest(lrs: Sequence[float], values: Sequence[float]) -> dict[str, Any]:
 
     Points must already be finite and trimmed. Returns the LR of each method, the OneCycle pair and
     the curve's relative drop (the flatness check): steepest = steepest descent against log10(LR);
-    valley = fastai's valley; min_loss = LR of the lowest point (the course notebooks' reading of a
-    torch-lr-finder sweep: the LR at the argmin of its loss history); min_loss_div10 = that / 10; onecycle = (LR where the
+    valley = fastai's valley; min_loss = LR of the lowest point (the argmin of the loss history);
+    min_loss_div10 = that / 10; onecycle = (LR where the
     curve has covered ONECYCLE_RISE of its fall, LR of the lowest point), after Smith's CLR bounds.
     """
     lr = np.asarray(lrs, dtype=np.float64)
@@ -139,7 +139,6 @@ def suggest(lrs: Sequence[float], values: Sequence[float]) -> dict[str, Any]:
         "min_loss": float(lr[i_best]),
         "min_loss_div10": float(lr[i_best] / 10),
         "onecycle": (float(lr[i_low]), float(lr[i_best])),
-        "best_lr": float(lr[i_best]),
         "relative_drop": float(fall / max(abs(y[0]), 1e-12)),
         "best_is_last": i_best == len(y) - 1,
     }
@@ -518,7 +517,7 @@ class LRFinder:
         if sugg is not None:
             lo, hi = sugg["onecycle"]
             ax.axvspan(lo, hi, color="C2", alpha=0.12, label=f"onecycle {lo:.2g} .. {hi:.2g}")
-            for i, name in enumerate(("valley", "steepest", "min_loss", "min_loss_div10")):
+            for i, name in enumerate(k for k in SUGGESTIONS if k != "onecycle"):  # onecycle: the span above
                 lr = sugg[name]
                 chosen = " (chosen)" if self.method == name else ""
                 ax.axvline(
