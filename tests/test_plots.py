@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from vislab.augment import normalize
@@ -103,6 +104,18 @@ def test_curves_plot_the_history_values():
     assert list(lines["train objective (may include label smoothing / L1)"].get_xdata()) == [1.0, 2.0, 3.0]
     assert [ln.get_ydata()[-1] for ln in acc_ax.lines] == [HISTORY[-1]["train_acc"], HISTORY[-1]["test_acc"]]
     assert all(ln.get_color() in PALETTE for ln in loss_ax.lines)  # colour-blind-safe palette
+
+
+def test_epoch_axes_tick_whole_epochs_only_even_after_one_epoch():
+    # One point: matplotlib's default locator would tick 0.96, 0.98, 1.00, ... epochs.
+    from vislab.results import course_reference, plot_vs_course
+
+    one = HISTORY[:1]
+    figs = [plot_curves(one), plot_compare({"r1": one}), plot_vs_course(one, course_reference("resnet18-sgd-plateau"))]
+    for ax in (ax for fig in figs for ax in fig.axes):
+        FigureCanvasAgg(ax.figure).draw()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ax.get_xlabel() == "epoch" and ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
 def test_loss_panel_compares_cross_entropy_with_cross_entropy():

@@ -280,7 +280,7 @@ def plot_vs_course(
     """vislab's per-epoch test accuracy beside the course's (when a curve was published)."""
     from matplotlib.figure import Figure
 
-    from .plots import PALETTE, legend_below
+    from .plots import PALETTE, epoch_axis, legend_below
 
     if ax is None:
         fig = Figure(figsize=(5.0, 3.2), dpi=110, layout="constrained")  # pyplot-free: safe headless
@@ -292,7 +292,7 @@ def plot_vs_course(
         plot_course_curve(ref, ax)
         if not ref.curve:
             ax.axhline(ref.final, ls=":", color="#000000", label=f"course final {ref.final:.2f}% (no per-epoch log)")
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     if ax.lines:

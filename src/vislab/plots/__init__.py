@@ -11,7 +11,7 @@ from ._images import (
     plot_misclassified,
 )
 from ._matrix import plot_confusion_matrix, plot_per_class_accuracy
-from ._style import HEATMAP_CMAP, MATRIX_CMAP, PALETTE, legend_below
+from ._style import HEATMAP_CMAP, MATRIX_CMAP, PALETTE, epoch_axis, legend_below
 from ._sweep import plot_sweep
 from ._trust import plot_confidence_histogram, plot_reliability, plot_robustness
 
@@ -20,6 +20,7 @@ __all__ = [
     "MATRIX_CMAP",
     "PALETTE",
     "denormalize",
+    "epoch_axis",
     "legend_below",
     "overlay_heatmap",
     "plot_accuracy",

@@ -9,7 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from ..errors import ConfigError
-from ._style import DPI, color, new_axes
+from ._style import DPI, color, epoch_axis, new_axes
 
 Rows = Sequence[Mapping[str, Any]]
 
@@ -69,7 +69,7 @@ def _plot_metric(
         x, y = _series(history, key)
         if x:
             ax.plot(x, y, marker="o", ms=3, color=color(i), ls=style, label=label)
-    ax.set_xlabel("epoch")
+    epoch_axis(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -144,7 +144,7 @@ def plot_compare(histories: Mapping[str, Rows], ax: Sequence[Axes] | None = None
                 if x:
                     panel.plot(x, y, ls=ls, marker="o", ms=2.5, color=color(i), label=f"{name} ({split})")
     for panel, ylabel in ((a, "cross-entropy"), (b, "accuracy (%)")):
-        panel.set_xlabel("epoch")
+        epoch_axis(panel)
         panel.set_ylabel(ylabel)
         panel.grid(alpha=0.3)
     a.set_title("loss")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 # Okabe & Ito (2008): eight colours that stay distinct under the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
@@ -30,3 +31,10 @@ def legend_below(ax: Axes, fontsize: str = "x-small") -> None:
     course's), where every spot inside the axes covers data: a run's first epochs, drawn low and left, would
     otherwise sit under the legend. Constrained layout makes room for it."""
     ax.legend(fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+
+
+def epoch_axis(ax: Axes) -> None:
+    """Label the x axis "epoch" with whole-number ticks: epochs are counted, and a run with one or two epochs so far
+    would otherwise get ticks such as 0.96, 0.98, 1.00."""
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: one tick
